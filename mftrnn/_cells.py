@@ -1,0 +1,115 @@
+r"""Recurrent cells as data: an update rule written once as SymPy expressions.
+
+A cell is the rule :math:`h_t = \mathrm{update}(h_{t-1}, x_t, e^{(1)}_t, \dots)` for one unit, where each
+pre-activation is a Gaussian field in the mean-field limit,
+
+.. math:: e^{(k)}_t = W_k\, y_k + V_k x_t + b_k, \qquad
+          (W_k)_{ij}\sim\mathcal N(0,\sigma_{w}^2/N),\; (V_k)_{ij}\sim\mathcal N(0,\sigma_{v}^2/N_{in}),\;
+          b_{k,i}\sim\mathcal N(\mu_b,\sigma_b^2),
+
+and :math:`y_k` (the vector the recurrent matrix multiplies) is the previous state unless the cell says
+otherwise. Everything else — variance and covariance maps, fixed points, slopes, timescales — is derived from
+this description by :mod:`mftrnn._meanfield`; adding a cell needs no new derivation code.
+
+Requirement of the derivation: the update must be *affine* in the carried variables (previous state and
+input), with coefficients that are arbitrary functions of the pre-activations. The vanilla RNN, the minimalRNN,
+the GRU and the LSTM's cell-state update have this form.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import sympy as sp
+
+from ._errors import UnknownCellError
+from ._gaussian import sigmoid
+
+__all__ = ["Cell", "Preactivation", "get_cell", "register_cell", "CELLS", "HYPER", "sigma_w", "sigma_v",
+           "sigma_b", "mu_b", "R", "Sigma"]
+
+# hyperparameter symbols (names as in the conventions)
+sigma_w = sp.Symbol("sigma_w", nonnegative=True)
+sigma_v = sp.Symbol("sigma_v", nonnegative=True)
+sigma_b = sp.Symbol("sigma_b", nonnegative=True)
+mu_b = sp.Symbol("mu_b", real=True)
+R = sp.Symbol("R", nonnegative=True)
+Sigma = sp.Symbol("Sigma", real=True)
+HYPER = (sigma_w, sigma_v, sigma_b, mu_b, R)
+
+
+@dataclass(frozen=True)
+class Preactivation:
+    """One Gaussian pre-activation ``e = W y + V x + b`` with its own hyperparameter symbols."""
+
+    symbol: sp.Symbol
+    recurrent_input: sp.Expr | None = None  # None: the previous state
+    sigma_w: sp.Symbol = sigma_w
+    sigma_v: sp.Symbol = sigma_v
+    sigma_b: sp.Symbol = sigma_b
+    mu_b: sp.Symbol = mu_b
+
+
+@dataclass(frozen=True)
+class Cell:
+    """A recurrent cell: name, symbols for previous state and input, pre-activations and the update rule."""
+
+    name: str
+    state: sp.Symbol
+    input: sp.Symbol
+    preactivations: tuple[Preactivation, ...]
+    update: sp.Expr
+    description: str = ""
+    hyperparameters: tuple[sp.Symbol, ...] = field(default=HYPER)
+
+    def recurrent_input(self, p: Preactivation) -> sp.Expr:
+        return self.state if p.recurrent_input is None else p.recurrent_input
+
+    def __repr__(self):
+        return f"Cell({self.name!r}: h_t = {self.update})"
+
+
+_h = sp.Symbol("h", real=True)
+_x = sp.Symbol("x", real=True)
+_z = sp.Symbol("z", real=True)
+_e = sp.Symbol("e", real=True)
+
+VANILLA = Cell(
+    name="vanilla",
+    state=_h,
+    input=_x,
+    preactivations=(Preactivation(_e),),
+    update=sp.tanh(_e),
+    description="vanilla RNN: e_t = W h_{t-1} + V x_t + b, h_t = tanh(e_t)",
+)
+
+MINIMAL = Cell(
+    name="minimal",
+    state=_h,
+    input=_z,
+    preactivations=(Preactivation(_e),),
+    update=sigmoid(_e) * _h + (1 - sigmoid(_e)) * _z,
+    description="minimalRNN: e_t = W h_{t-1} + V z_t + b, u_t = sigmoid(e_t), h_t = u_t h_{t-1} + (1-u_t) z_t",
+)
+
+_REGISTRY: dict[str, Cell] = {}
+
+
+def register_cell(cell: Cell) -> Cell:
+    """Add a cell to the registry (so that ``get_cell`` and the command line know it by name)."""
+    _REGISTRY[cell.name] = cell
+    return cell
+
+
+register_cell(VANILLA)
+register_cell(MINIMAL)
+CELLS = tuple(_REGISTRY)
+
+
+def get_cell(cell) -> Cell:
+    """Return the registered :class:`Cell` called ``cell`` (a :class:`Cell` is returned unchanged)."""
+    if isinstance(cell, Cell):
+        return cell
+    try:
+        return _REGISTRY[cell]
+    except (KeyError, TypeError):
+        raise UnknownCellError(f"unknown cell {cell!r}; known cells: {', '.join(_REGISTRY)}") from None
