@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import mftrnn
+import mftrnn.phase_diagram
 from mftrnn.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -270,6 +271,7 @@ def _raise_convergence(*args, **kwargs):
 ])
 def test_convergence_error_is_one_line(tmp_path, capsys, monkeypatch, argv):
     monkeypatch.setattr(mftrnn, "fixed_point", _raise_convergence)
+    monkeypatch.setattr(mftrnn.phase_diagram, "fixed_point", _raise_convergence)
     if argv[0] == "phase-diagram":
         argv = argv + ["--out", str(tmp_path / "out.png")]
     rc, out, err = run_cli(capsys, *argv)
@@ -305,6 +307,7 @@ def test_nan_from_engine_is_an_error_not_silent(tmp_path, capsys, monkeypatch):
             return d
 
     monkeypatch.setattr(mftrnn, "fixed_point", lambda *a, **k: NanFP(real(*a, **k)))
+    monkeypatch.setattr(mftrnn.phase_diagram, "fixed_point", lambda *a, **k: NanFP(real(*a, **k)))
     rc, out, err = run_cli(capsys, "fixed-point", "minimal", "--json")
     assert_one_line_error(rc, out, err)
     rc, out, err = run_cli(capsys, "phase-diagram", "minimal", *GRID, "--out", str(tmp_path / "a.npz"))
