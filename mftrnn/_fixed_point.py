@@ -101,17 +101,19 @@ def _solve(g_dg, lo, hi, x0, what, rtol=_RTOL):
 
     ``g_dg(x, idx)`` returns (g, dg) at points x for the sub-array ``idx``. A point is accepted when the Newton
     step is below ``rtol`` relative (the accepted value is the one after that step: with quadratic convergence
-    its error is of order step**2) or the bracket is that narrow.
+    its error is of order step**2) or the bracket is that narrow. Returns the roots and the last slopes.
     """
     lo, hi = lo.copy(), hi.copy()
     x = np.clip(x0, lo, hi)
+    slope = np.full(x.shape, np.nan)
     done = np.zeros(x.shape, bool)
     idx = np.arange(x.size)
     for _ in range(_MAXITER):
         act = idx[~done]
         if act.size == 0:
-            return x
+            return x, slope
         g, dg = g_dg(x[act], act)
+        slope[act] = dg
         scale = np.maximum(np.abs(x[act]), 1e-300)
         lo[act] = np.where(g >= 0, x[act], lo[act])
         hi[act] = np.where(g <= 0, x[act], hi[act])
@@ -169,6 +171,7 @@ def _solve_Q(cell, hp):
             hi = np.where(grow, 4.0 * hi, hi)
         else:
             raise ConvergenceError("variance map has no finite fixed point (Q grows without bound)")
+        g_hi = F - hi
         hi = 2.0 * hi  # margin: the bracket was checked with the coarse rule
 
         def g_dg(coarse):
@@ -177,10 +180,14 @@ def _solve_Q(cell, hp):
                 return F - x, dF - 1.0
             return f
 
-        x0 = np.clip(F0[todo], lo, hi)
-        x0 = np.where(x0 <= lo, 0.5 * (lo + hi), x0)
-        x = _solve(g_dg(True), lo, hi, x0, "variance map (coarse)", rtol=1e-7)
-        # one Newton step with the fine rule: from ~1e-7 (the coarse rule's accuracy) to ~1e-13
+        # start: the secant through g(lo) >= 0 and g(hi/2) < 0 (both already evaluated)
+        g_lo = np.where(lo > 0, 0.0, F0[todo])
+        with np.errstate(all="ignore"):
+            x0 = lo + (0.5 * hi - lo) * g_lo / (g_lo - g_hi)
+        x0 = np.where(np.isfinite(x0) & (x0 > lo), x0, 0.5 * (lo + hi))
+        x, _ = _solve(g_dg(True), lo, hi, x0, "variance map (coarse)", rtol=1e-4)
+        # coarse root: Newton error ~ step^2 <~ 1e-8 after a step below 1e-4, quadrature error ~1e-6; one Newton
+        # step with the fine rule takes it to ~1e-12 (checked by the residual in _polish)
         g, dg = g_dg(False)(x, np.arange(x.size))
         with np.errstate(all="ignore"):
             newton = x - g / dg
@@ -191,7 +198,7 @@ def _solve_Q(cell, hp):
 
 def _polish(cell, Qstar, hp, final):
     """Check the residual |Q(Q*) - Q*| of the fine rule; re-solve the points where it is not negligible."""
-    chi, chi_q, q_star, F = final
+    chi, chi_q, q_star, F = (np.array(a, dtype=float) for a in final)
     bad = np.nonzero(np.abs(F - Qstar) > 1e-10 * np.maximum(Qstar, 1e-300))[0]
     if bad.size:
         fQ = _compiled(cell, "Q")
@@ -214,7 +221,7 @@ def _polish(cell, Qstar, hp, final):
         else:
             raise ConvergenceError("variance map: could not bracket the fixed point")
         Qstar = Qstar.copy()
-        Qstar[bad] = _solve(g_dg, lo, hi, x, "variance map", rtol=1e-12)
+        Qstar[bad], _ = _solve(g_dg, lo, hi, x, "variance map", rtol=1e-12)
         vals = _evaluate(_compiled(cell, "final"), Qstar[bad], *sub.values())
         for arr, v in zip((chi, chi_q, q_star, F), vals):
             arr[bad] = v
@@ -253,7 +260,7 @@ def _solve_C(cell, Qstar, chi, hp):
             G, dG = _evaluate(fC, x, Qstar[todo][act], zeros[act], *[v[act] for v in sub])
             return G - x, dG - 1.0
 
-        Cstar[todo] = _solve(g_dg, -Qstar[todo], hi[todo], 0.5 * hi[todo], "covariance map")
+        Cstar[todo], _ = _solve(g_dg, -Qstar[todo], hi[todo], 0.5 * hi[todo], "covariance map")
     _, chi_c = _evaluate(fC, Cstar, Qstar, zeros, *hv)
     return Cstar, chi_c
 

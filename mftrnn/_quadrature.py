@@ -38,8 +38,8 @@ H_GAUSS = 0.7
 STRIP_SAFETY = 0.8
 #: (tol, h_gauss, window) of the cheap rule used to get close to a root before polishing with the fine one
 COARSE = (1e-6, 1.1, 8.0)
-_BUCKETS = np.array([33, 49, 65, 97, 129, 193, 257, 385, 513, 769, 1025, 1537, 2049, 3073, 4097, 6145, 8193])
-_CHUNK = 32768  # points x nodes per block: small enough to stay in cache
+_BUCKETS = np.array([9, 13, 17, 25, 33, 49, 65, 97, 129, 193, 257, 385, 513, 769, 1025, 1537, 2049, 3073, 4097, 6145, 8193])
+_CHUNK = 16384  # points x nodes per block: small enough to stay in cache
 _rules: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
 
