@@ -31,7 +31,7 @@ from ._numeric import Compiled
 __all__ = ["FixedPoint", "fixed_point", "iterate_maps", "timescale", "DEFAULTS"]
 
 DEFAULTS = {"sigma_w": 1.0, "sigma_v": 1.0, "sigma_b": 0.0, "mu_b": 0.0, "R": 1.0}
-_NONNEGATIVE = {"sigma_w", "sigma_v", "sigma_b", "R"}
+NONNEGATIVE = ("sigma_w", "sigma_v", "sigma_b", "R")
 _RTOL = 1e-13
 _MAXITER = 100
 
@@ -61,7 +61,7 @@ def check_hyperparameters(cell, values: dict) -> dict:
             raise DomainError(f"{n} must be a number or an array of numbers, got {v!r}") from None
         if not np.all(np.isfinite(a)):
             raise DomainError(f"{n} must be finite, got {v!r}")
-        if n in _NONNEGATIVE and np.any(a < 0):
+        if n in NONNEGATIVE and np.any(a < 0):
             raise DomainError(f"{n} must be non-negative (it is a standard deviation or second moment), got {v!r}")
         out[n] = a
     try:
@@ -96,12 +96,13 @@ def _evaluate(fn, *args, coarse=False):
         raise DomainError(f"{err}; reduce the hyperparameters") from None
 
 
-def _solve(g_dg, lo, hi, x0, what, rtol=_RTOL):
+def _solve(g_dg, lo, hi, x0, what, rtol=_RTOL, floor=1e-300):
     """Vectorised safeguarded Newton for g(x)=0 on brackets with g(lo) >= 0 >= g(hi).
 
     ``g_dg(x, idx)`` returns (g, dg) at points x for the sub-array ``idx``. A point is accepted when the Newton
     step is below ``rtol`` relative (the accepted value is the one after that step: with quadratic convergence
-    its error is of order step**2) or the bracket is that narrow. Returns the roots and the last slopes.
+    its error is of order step**2) or the bracket is that narrow; "relative" means relative to
+    ``max(|x|, floor)``, so that a root at zero is found too. Returns the roots and the last slopes.
     """
     lo, hi = lo.copy(), hi.copy()
     x = np.clip(x0, lo, hi)
@@ -114,7 +115,7 @@ def _solve(g_dg, lo, hi, x0, what, rtol=_RTOL):
             return x, slope
         g, dg = g_dg(x[act], act)
         slope[act] = dg
-        scale = np.maximum(np.abs(x[act]), 1e-300)
+        scale = np.maximum(np.abs(x[act]), floor if np.ndim(floor) == 0 else floor[act])
         lo[act] = np.where(g >= 0, x[act], lo[act])
         hi[act] = np.where(g <= 0, x[act], hi[act])
         with np.errstate(all="ignore"):
@@ -260,7 +261,8 @@ def _solve_C(cell, Qstar, chi, hp):
             G, dG = _evaluate(fC, x, Qstar[todo][act], zeros[act], *[v[act] for v in sub])
             return G - x, dG - 1.0
 
-        Cstar[todo], _ = _solve(g_dg, -Qstar[todo], hi[todo], 0.5 * hi[todo], "covariance map")
+        Cstar[todo], _ = _solve(g_dg, -Qstar[todo], hi[todo], 0.5 * hi[todo], "covariance map",
+                                floor=Qstar[todo])
     _, chi_c = _evaluate(fC, Cstar, Qstar, zeros, *hv)
     return Cstar, chi_c
 

@@ -24,9 +24,9 @@ import numpy as np
 
 from .phase_diagram import compute_grid, plot_phase_diagram
 
-PARAMS = ("sigma_w", "sigma_v", "sigma_b", "mu_b", "R")
-DEFAULTS = {"sigma_w": 1.0, "sigma_v": 1.0, "sigma_b": 0.0, "mu_b": 0.0, "R": 1.0}
-NONNEGATIVE = ("sigma_w", "sigma_v", "sigma_b", "R")
+from ._fixed_point import DEFAULTS, NONNEGATIVE  # one source for defaults and domains
+
+PARAMS = tuple(DEFAULTS)
 DESCRIPTIONS = {
     "sigma_w": "recurrent weight std (W_ij ~ N(0, sigma_w^2/N))",
     "sigma_v": "input weight std (V_ij ~ N(0, sigma_v^2/N_in))",

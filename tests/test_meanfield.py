@@ -131,6 +131,11 @@ def test_correlation_fixed_point_for_independent_inputs():
     # chaotic, no input, no bias: the c-map of the feed-forward network has c* = 0 (odd activation)
     ch = mf.fixed_point("vanilla", sigma_w=1.5, sigma_v=0.0, correlations=True)
     assert abs(ch.c_star) < 1e-10 and ch.chi_c < 1
+    # with independent inputs and no bias the pre-activations of the two sequences are uncorrelated: C* = 0
+    # (a root at zero: the solver's tolerance is relative to Q*, not to |C|)
+    for sw in (0.5, 1.5, 3.0):
+        z = mf.fixed_point("vanilla", sigma_w=sw, correlations=True)
+        assert abs(z.c_star) < 1e-12 and 0 < z.chi_c < 1
 
 
 def test_iterate_maps_converges_to_fixed_point():
