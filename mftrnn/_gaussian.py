@@ -128,7 +128,7 @@ class E(sp.Function):
         f, mu, q = self.args
         e = sp.Symbol("e")
         body = printer._print(f.expr.subs(f.variables[0], e))
-        s = r"\mathbb{E}_{e}\left[%s\right]" % body
+        s = r"\mathbb{E}_{e\sim\mathcal{N}(%s,\,%s)}\left[%s\right]" % (printer._print(mu), printer._print(q), body)
         return s if exp is None else r"\left(%s\right)^{%s}" % (s, exp)
 
 

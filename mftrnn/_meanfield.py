@@ -235,14 +235,16 @@ class MeanField:
         return out
 
     def display(self, expr):
-        """Rewrite an expression so that pre-activation variances appear as the symbols ``q`` (for printing)."""
+        """Rewrite an expression for printing: pre-activation variances as the symbols ``q``, and terms that
+        share an expectation collected (``sigma_w**2*(Q + R)*E[...]``)."""
         back = {sp.expand(v): k for k, v in self.q_of_Q.items()}
 
         def fix(node):
             args = [back.get(sp.expand(a), a) for a in node.args[1:]]
             return node.func(node.args[0], *args)
 
-        return expr.replace(lambda n: isinstance(n, (E, E2)), fix)
+        out = expr.replace(lambda n: isinstance(n, (E, E2)), fix)
+        return sp.collect(out, list(out.atoms(E, E2)), sp.factor)
 
 
 @functools.lru_cache(maxsize=None)
