@@ -56,3 +56,29 @@ def test_node_count_grows_with_variance_and_pole_proximity():
 def test_variance_beyond_quadrature_range_is_a_clear_error():
     with pytest.raises(mf.DomainError, match="too large"):
         mf.fixed_point("vanilla", sigma_w=1.0, sigma_v=1e5)
+
+
+@pytest.mark.parametrize("kind", ["tanh", "sigmoid"])
+@pytest.mark.parametrize("mu,qa,qb,c", [(0.0, 1.0, 1.0, 0.3), (1.5, 4.0, 2.0, -0.6), (-3.0, 0.5, 9.0, 0.95),
+                                        (6.0, 20.0, 20.0, 0.999)])
+def test_bivariate_expectations_match_nested_adaptive_quadrature(kind, mu, qa, qb, c):
+    """E[f(e_a) f(e_b)] on the tensor trapezoid grid vs nested adaptive scipy quad (epsrel 1e-12, epsabs 1e-14)."""
+    from scipy import integrate, special
+
+    from mftrnn import expect2, sigmoid
+    from mftrnn._gaussian import EPS_A, EPS_B
+
+    f_sym = sp.tanh if kind == "tanh" else sigmoid
+    f_num = np.tanh if kind == "tanh" else special.expit
+    qab = c * np.sqrt(qa * qb)
+    got = Compiled([expect2(f_sym(EPS_A) * f_sym(EPS_B), EPS_A, EPS_B, mu, mu, qa, qb, qab)], [])()[0]
+    sa, sb = np.sqrt(qa), np.sqrt(qb)
+    phi = lambda z: np.exp(-z * z / 2) / np.sqrt(2 * np.pi)
+    sc = np.sqrt(1 - c * c)
+    # split the inner integral where the activation switches (e_b = 0): it is sharp when c -> 1
+    inner = lambda z1: integrate.quad(lambda z2: f_num(mu + sb * (c * z1 + sc * z2)) * phi(z2), -12, 12,
+                                      epsabs=1e-14, epsrel=1e-12, limit=400,
+                                      points=[float(np.clip((-mu / sb - c * z1) / sc, -11.9, 11.9))])[0]
+    ref = integrate.quad(lambda z1: f_num(mu + sa * z1) * phi(z1) * inner(z1), -12, 12, epsabs=0,
+                         epsrel=1e-12, limit=200, points=[-mu / sa])[0]
+    assert abs(got - ref) <= 1e-8 * max(abs(ref), 1e-3), (got, ref)
