@@ -255,6 +255,18 @@ class SimulationResult:
 
 
 @torch.no_grad()
+def _record(nets, ha, hb, T, n_networks, N_in, R, Sigma, g_data, dtype, device, params):
+    """Run T steps of both sequences, recording the overlaps (Q_a, Q_b, C, D) at every step."""
+    rows = [_overlaps(ha, hb)]
+    for _ in range(T):
+        xa, xb = _inputs(n_networks, N_in, R, Sigma, g_data, dtype, device)
+        ha, hb = nets.step(ha, hb, xa, xb)
+        rows.append(_overlaps(ha, hb))
+    all_ = [torch.stack([r[k] for r in rows], -1).cpu().numpy() for k in range(4)]
+    (qa, qa_s), (qb, qb_s), (c, c_s), (d, d_s) = (_stats(a) for a in all_)
+    return SimulationResult(qa, qb, c, d, qa_s, qb_s, c_s, d_s, *all_, params=params)
+
+
 def simulate(cell, N=1000, T=50, sigma_w=1.0, sigma_v=1.0, sigma_b=0.0, mu_b=0.0, R=1.0,
              Sigma=1.0, Q0=1.0, C0=0.0, n_networks=8, tied=True, orthogonal=False, seed=0,
              device="cpu", dtype=torch.float64, *, Q0b=None, N_in=None) -> SimulationResult:
@@ -291,14 +303,7 @@ def simulate(cell, N=1000, T=50, sigma_w=1.0, sigma_v=1.0, sigma_b=0.0, mu_b=0.0
     ha, hb = _initial_states(n_networks, N, Q0, Q0b, C0, g_data, dtype, device)
     nets = _Networks(cell, n_networks, N, N_in, sigma_w, sigma_v, sigma_b, mu_b, bool(tied),
                      bool(orthogonal), g_weights, dtype, device)
-    rows = [_overlaps(ha, hb)]
-    for _ in range(T):
-        xa, xb = _inputs(n_networks, N_in, R, Sigma, g_data, dtype, device)
-        ha, hb = nets.step(ha, hb, xa, xb)
-        rows.append(_overlaps(ha, hb))
-    all_ = [torch.stack([r[k] for r in rows], -1).cpu().numpy() for k in range(4)]
-    (qa, qa_s), (qb, qb_s), (c, c_s), (d, d_s) = (_stats(a) for a in all_)
-    return SimulationResult(qa, qb, c, d, qa_s, qb_s, c_s, d_s, *all_, params=params)
+    return _record(nets, ha, hb, T, n_networks, N_in, R, Sigma, g_data, dtype, device, params)
 
 
 # --------------------------------------------------------------------------- chi
@@ -406,23 +411,14 @@ def measure_chi(cell, kind="chi", N=1000, T=60, sigma_w=1.0, sigma_v=1.0, sigma_
         u2 = perp / perp.norm(dim=-1, keepdim=True)
         cos_new = torch.clamp(cos + delta, max=1.0)
         hb = nb * (cos_new * u1 + torch.sqrt(1.0 - cos_new ** 2) * u2)
-    rows = [_overlaps(ha, hb)]
-    for _ in range(T):
-        xa, xb = _inputs(n_networks, N_in, R, Sigma, g_data, dtype, device)
-        ha, hb = nets.step(ha, hb, xa, xb)
-        rows.append(_overlaps(ha, hb))
-    all_ = [torch.stack([r[k] for r in rows], -1).cpu().numpy() for k in range(4)]
-    (qa, qa_s), (qb, qb_s), (c, c_s), (d, d_s) = (_stats(a) for a in all_)
-    sim = SimulationResult(qa, qb, c, d, qa_s, qb_s, c_s, d_s, *all_,
-                           params=dict(cell=cell, N=N, T=T, sigma_w=sigma_w, sigma_v=sigma_v,
-                                       sigma_b=sigma_b, mu_b=mu_b, R=R, Sigma=Sigma,
-                                       n_networks=n_networks, tied=bool(tied),
-                                       orthogonal=bool(orthogonal), seed=int(seed),
-                                       burn_in=burn_in, kind=kind))
+    sim = _record(nets, ha, hb, T, n_networks, N_in, R, Sigma, g_data, dtype, device,
+                  dict(cell=cell, N=N, T=T, sigma_w=sigma_w, sigma_v=sigma_v, sigma_b=sigma_b, mu_b=mu_b,
+                       R=R, Sigma=Sigma, n_networks=n_networks, tied=bool(tied),
+                       orthogonal=bool(orthogonal), seed=int(seed), burn_in=burn_in, kind=kind))
     t = np.arange(T + 1)
 
     if kind == "chi":
-        D_all = all_[3]
+        D_all = sim.D_all
         q_ref = max(Q_star, np.finfo(float).tiny)
         ok = ((t >= t_min)[None, :] & (D_all > rel_floor * q_ref) & (D_all < rel_ceiling * q_ref))
         # use the steps that are in the window for every network, contiguous from the first one
