@@ -312,3 +312,31 @@ def test_vanilla_tied_weights_obey_mean_field():
     kw = dict(sigma_w=1.0, sigma_v=1.0, sigma_b=2.0)
     Qs, Q_tied = _stationary_Q("vanilla", kw, tied=True)
     assert Q_tied == pytest.approx(Qs, rel=0.02)
+
+
+@pytest.mark.parametrize("name,Cell", [("vanilla", lambda n: VanillaRNNCell(n, n)), ("minimal", MinimalRNNCell)])
+def test_tied_simulator_steps_are_the_pytorch_cells(name, Cell):
+    """The tied simulator is the nn.Module cell: same weights and inputs give the same trajectory."""
+    from mftrnn.simulate import _Networks, _inputs
+
+    N, B, T = 40, 2, 5
+    gen = torch.Generator().manual_seed(3)
+    nets = _Networks(name, B, N, N, 1.7, 0.8, 0.3, 0.5, True, False, gen, torch.float64, "cpu")
+    ha, hb = torch.randn(B, N, generator=gen, dtype=torch.float64), torch.randn(B, N, generator=gen,
+                                                                                  dtype=torch.float64)
+    for k in range(B):
+        cell = Cell(N)
+        with torch.no_grad():
+            cell.weight_hh.copy_(nets.W[k])
+            cell.weight_ih.copy_(nets.V[k])
+            cell.bias.copy_(nets.b[k])
+        a, b = ha.clone(), hb.clone()
+        data = torch.Generator().manual_seed(9)
+        sa, sb = ha.clone(), hb.clone()
+        for _ in range(T):
+            xa, xb = _inputs(B, N, 1.0, 0.5, data, torch.float64, "cpu")
+            sa, sb = nets.step(sa, sb, xa, xb)
+            with torch.no_grad():
+                a[k], b[k] = cell(xa[k], a[k]), cell(xb[k], b[k])
+        torch.testing.assert_close(a[k], sa[k], rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(b[k], sb[k], rtol=1e-12, atol=1e-14)
