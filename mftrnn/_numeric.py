@@ -36,12 +36,14 @@ def strip_half_width(body) -> float:
 
 
 def _sigmoid_pair(y):
-    """(sigmoid(y), sigmoid(-y)) without cancellation or overflow: both from t = exp(-|y|)."""
-    t = np.exp(-np.abs(y))
-    r = 1.0 / (1.0 + t)
-    tr = t * r
-    pos = y >= 0
-    return np.where(pos, r, tr), np.where(pos, tr, r)
+    """(sigmoid(y), sigmoid(-y)) without cancellation: both from t = exp(-y), sigmoid(-y) = t sigmoid(y).
+
+    ``y`` is clipped to |y| <= 700 so that exp cannot overflow; the logistic function is 0 or 1 to double
+    precision long before that (no expectation in the supported range sees |y| > 150).
+    """
+    t = np.exp(-np.clip(y, -700.0, 700.0))
+    p = 1.0 / (1.0 + t)
+    return p, t * p
 
 
 def _generator_form(body, variables):
