@@ -34,6 +34,7 @@ DEFAULTS = {"sigma_w": 1.0, "sigma_v": 1.0, "sigma_b": 0.0, "mu_b": 0.0, "R": 1.
 NONNEGATIVE = ("sigma_w", "sigma_v", "sigma_b", "R")
 _RTOL = 1e-13
 _MAXITER = 100
+_SCAN = 8  # points of the sign scan of the variance map, geometric with ratio 2 below the bracket's end
 
 
 def timescale(chi):
@@ -88,10 +89,10 @@ def _compiled(cell, what):
     return Compiled(*exprs[what])
 
 
-def _evaluate(fn, *args, coarse=False):
+def _evaluate(fn, *args, rule="fine"):
     try:
         with np.errstate(all="ignore"):
-            return fn(*args, coarse=coarse)
+            return fn(*args, rule=rule)
     except OverflowError as err:
         raise DomainError(f"{err}; reduce the hyperparameters") from None
 
@@ -136,16 +137,19 @@ def _flat(params):
 
 
 def _solve_Q(cell, hp):
-    """Stable fixed point Q* of the variance map for flat hyperparameter arrays ``hp``.
+    """Least stable fixed point Q* of the variance map for flat hyperparameter arrays ``hp``, and a flag for
+    points where the scan found more than one stable fixed point.
 
-    Newton on the cheap quadrature rule to ~1e-7, then Newton on the fine rule (two steps from there).
+    Bracket [0, hi] with g(hi) < 0; scan g on a geometric grid below hi and keep the first interval where it turns
+    negative; Newton there on the coarse quadrature rule, then one Newton step on the fine rule.
     """
     fF, fQ = _compiled(cell, "F"), _compiled(cell, "Q")
     hv = list(hp.values())
     size = hv[0].size
-    (F0,) = _evaluate(fF, np.zeros(size), *hv, coarse=True)
+    (F0,) = _evaluate(fF, np.zeros(size), *hv, rule="coarse")
     lo = np.zeros(size)
     Qstar = np.full(size, np.nan)
+    multistable = np.zeros(size, bool)
     zero = np.nonzero(F0 <= 1e-300)[0]  # Q = 0 is a fixed point there
     if zero.size:
         _, slope0 = _evaluate(fQ, np.zeros(zero.size), *[v[zero] for v in hv])
@@ -165,7 +169,7 @@ def _solve_Q(cell, hp):
         lo = lo[todo]
         hi = np.maximum(2.0 * F0[todo], 1.0)
         for _ in range(40):
-            (F,) = _evaluate(fF, hi, *sub, coarse=True)
+            (F,) = _evaluate(fF, hi, *sub, rule="coarse")
             grow = F >= hi
             if not grow.any():
                 break
@@ -173,28 +177,42 @@ def _solve_Q(cell, hp):
         else:
             raise ConvergenceError("variance map has no finite fixed point (Q grows without bound)")
         g_hi = F - hi
-        hi = 2.0 * hi  # margin: the bracket was checked with the coarse rule
+        # scan g on a geometric grid below hi (cheap rule): the least fixed point lies in the first interval where
+        # g turns negative; more than one such crossing means more than one stable fixed point
+        ratios = 2.0 ** -np.arange(_SCAN, 0, -1.0)
+        xs = hi[:, None] * ratios[None, :]
+        (Fs,) = _evaluate(fF, xs.ravel(), *[np.repeat(v, _SCAN) for v in sub], rule="sample")
+        gs = np.where(xs > lo[:, None], Fs.reshape(xs.shape) - xs, 1.0)  # left of lo: g > 0 by construction
+        X = np.concatenate([lo[:, None], xs, hi[:, None]], 1)
+        G = np.concatenate([np.where(lo > 0, np.nan, F0[todo])[:, None], gs, g_hi[:, None]], 1)
+        pos = ~(G < 0)
+        down = pos[:, :-1] & ~pos[:, 1:]
+        multistable[todo] = down.sum(1) > 1
+        j = np.argmax(down, axis=1)
+        rows = np.arange(todo.size)
+        a, b = X[rows, j], X[rows, j + 1]
+        ga, gb = G[rows, j], G[rows, j + 1]
+        with np.errstate(all="ignore"):
+            x0 = a + (b - a) * ga / (ga - gb)
+        x0 = np.where(np.isfinite(x0) & (x0 > a) & (x0 < b), x0, 0.5 * (a + b))
+        # widen by more than the scan's accuracy (signs there come from a ~1e-3 rule)
+        a, b = np.where(a > lo, a * 0.98, a), b * 1.02
 
-        def g_dg(coarse):
+        def g_dg(rule):
             def f(x, act):
-                F, dF = _evaluate(fQ, x, *[v[act] for v in sub], coarse=coarse)
+                F, dF = _evaluate(fQ, x, *[v[act] for v in sub], rule=rule)
                 return F - x, dF - 1.0
             return f
 
-        # start: the secant through g(lo) >= 0 and g(hi/2) < 0 (both already evaluated)
-        g_lo = np.where(lo > 0, 0.0, F0[todo])
-        with np.errstate(all="ignore"):
-            x0 = lo + (0.5 * hi - lo) * g_lo / (g_lo - g_hi)
-        x0 = np.where(np.isfinite(x0) & (x0 > lo), x0, 0.5 * (lo + hi))
-        x, _ = _solve(g_dg(True), lo, hi, x0, "variance map (coarse)", rtol=1e-4)
+        x, _ = _solve(g_dg("coarse"), a, b, x0, "variance map (coarse)", rtol=1e-4)
         # coarse root: Newton error ~ step^2 <~ 1e-8 after a step below 1e-4, quadrature error ~1e-6; one Newton
         # step with the fine rule takes it to ~1e-12 (checked by the residual in _polish)
-        g, dg = g_dg(False)(x, np.arange(x.size))
+        g, dg = g_dg("fine")(x, rows)
         with np.errstate(all="ignore"):
             newton = x - g / dg
-        ok = np.isfinite(newton) & (newton >= lo) & (newton <= hi)
+        ok = np.isfinite(newton) & (newton >= a) & (newton <= b)
         Qstar[todo] = np.where(ok, newton, x)
-    return Qstar
+    return Qstar, multistable
 
 
 def _polish(cell, Qstar, hp, final):
@@ -269,7 +287,11 @@ def _solve_C(cell, Qstar, chi, hp):
 
 @dataclass
 class FixedPoint:
-    """Fixed point and derived quantities; arrays of the broadcast shape of the hyperparameters."""
+    """Fixed point and derived quantities; arrays of the broadcast shape of the hyperparameters.
+
+    ``multistable`` is True where the variance map was found to have more than one stable fixed point; ``Q_star``
+    is then the least of them (see :func:`fixed_point`).
+    """
 
     cell: str
     params: dict
@@ -283,6 +305,7 @@ class FixedPoint:
     c_star: np.ndarray | None = None
     chi_c: np.ndarray | None = None
     xi_c: np.ndarray | None = None
+    multistable: np.ndarray | None = None
     keys: tuple = field(default=("q_star", "Q_star", "chi", "chi_q", "xi", "xi_q"), repr=False)
 
     def to_dict(self) -> dict:
@@ -294,6 +317,7 @@ class FixedPoint:
         for k in self.keys:
             v = float(getattr(self, k))
             out[k] = None if (k.startswith("xi") and np.isinf(v)) else v
+        out["multistable"] = bool(self.multistable)
         return out
 
 
@@ -305,12 +329,18 @@ def fixed_point(cell, *, correlations: bool = False, **hyperparameters) -> Fixed
     (:math:`C^*`, :math:`c^*=C^*/Q^*`, :math:`\chi_c`, :math:`\xi_c`); this uses two-dimensional quadrature and is
     meant for modest array sizes. Raises :class:`~mftrnn.DomainError` for invalid hyperparameters and
     :class:`~mftrnn.ConvergenceError` when a fixed point is not found.
+
+    Which fixed point: the *least* stable fixed point of the variance map, the one reached from a zero initial
+    state when the map is increasing (as it is for the built-in cells). The variance map can have several
+    (e.g. the minimalRNN at ``sigma_w=5, mu_b=5``: ``Q* = 0.0381`` from ``h_0 = 0``, ``0.2519`` from ``Q_0 = 1``);
+    ``multistable`` flags the points where a scan of the map on a geometric grid (ratio 2) found more
+    than one; roots closer together than that grid can go unnoticed.
     """
     cell = get_cell(cell)
     hp = check_hyperparameters(cell, hyperparameters)
     shape = next(iter(hp.values())).shape
     flat = _flat(hp)
-    Qstar = _solve_Q(cell, flat)
+    Qstar, multistable = _solve_Q(cell, flat)
     final = _evaluate(_compiled(cell, "final"), Qstar, *flat.values())
     Qstar, chi, chi_q, q_star = _polish(cell, Qstar, flat, final)
     for name, arr in (("Q_star", Qstar), ("chi", chi), ("chi_q", chi_q)):
@@ -318,7 +348,8 @@ def fixed_point(cell, *, correlations: bool = False, **hyperparameters) -> Fixed
             raise ConvergenceError(f"non-finite {name} for cell {cell.name!r}")
     res = FixedPoint(cell.name, {k: (float(v) if v.ndim == 0 else v) for k, v in hp.items()},
                      q_star.reshape(shape), Qstar.reshape(shape), chi.reshape(shape), chi_q.reshape(shape),
-                     timescale(chi).reshape(shape), timescale(chi_q).reshape(shape))
+                     timescale(chi).reshape(shape), timescale(chi_q).reshape(shape),
+                     multistable=multistable.reshape(shape))
     if correlations:
         Cstar, chi_c = _solve_C(cell, Qstar, chi, flat)
         with np.errstate(invalid="ignore", divide="ignore"):

@@ -156,7 +156,7 @@ class Compiled:
         self.final = sp.lambdify(known, remaining, modules=NUMPY_MODULES)
         self.exprs = remaining
 
-    def __call__(self, *values, coarse: bool = False):
+    def __call__(self, *values, rule: str = "fine"):
         arrays = np.broadcast_arrays(*(np.asarray(v, dtype=float) for v in values)) if values else []
         shape = arrays[0].shape if arrays else ()
         env = [a.ravel() for a in arrays]
@@ -166,7 +166,7 @@ class Compiled:
             for kind, moments_fn, integrands, d, syms in stage:
                 moments = [np.broadcast_to(np.asarray(m, float), (size,)) for m in moments_fn(*env)]
                 if kind is E:
-                    vals = expect_numeric(integrands, moments[0], moments[1], d, coarse)
+                    vals = expect_numeric(integrands, moments[0], moments[1], d, rule)
                 else:
                     vals = expect2_numeric(integrands, *moments, d)
                 new.extend(vals)

@@ -30,14 +30,15 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["nodes_for", "expect_numeric", "expect2_numeric", "TOL", "WINDOW"]
+__all__ = ["nodes_for", "expect_numeric", "expect2_numeric", "RULES", "TOL", "WINDOW"]
 
 TOL = 1e-12
 WINDOW = 11.0
 H_GAUSS = 0.7
 STRIP_SAFETY = 0.8
-#: (tol, h_gauss, window) of the cheap rule used to get close to a root before polishing with the fine one
-COARSE = (1e-6, 1.1, 8.0)
+#: (tol, h_gauss, window) of each rule: "fine" for results, "coarse" (~1e-6) to get close to a root before
+#: polishing with the fine one, "sample" (~1e-3) to scan a map for sign changes
+RULES = {"fine": (TOL, H_GAUSS, WINDOW), "coarse": (1e-6, 1.1, 8.0), "sample": (1e-3, 1.5, 7.0)}
 _BUCKETS = np.array([9, 13, 17, 25, 33, 49, 65, 97, 129, 193, 257, 385, 513, 769, 1025, 1537, 2049, 3073, 4097, 6145, 8193])
 _CHUNK = 16384  # points x nodes per block: small enough to stay in cache
 _rules: dict[int, tuple[np.ndarray, np.ndarray]] = {}
@@ -75,14 +76,14 @@ def nodes_for(s: np.ndarray, d: float, tol: float = TOL, h_gauss: float = H_GAUS
     return _BUCKETS[idx]
 
 
-def expect_numeric(funcs, mu, q, d: float, coarse: bool = False) -> list[np.ndarray]:
+def expect_numeric(funcs, mu, q, d: float, rule: str = "fine") -> list[np.ndarray]:
     r"""Evaluate :math:`\mathbb E[f_k(\mu+\sqrt q\,\xi)]` for several integrands at once.
 
     ``funcs(x)`` maps an array of pre-activations to a list of integrand arrays (shared sub-expressions are
-    computed once). ``mu`` and ``q`` are broadcast 1-d arrays; returns a list of 1-d arrays. ``coarse=True``
-    uses the cheap rule :data:`COARSE` (relative accuracy ~1e-6), for the first iterations of a root finder.
+    computed once). ``mu`` and ``q`` are broadcast 1-d arrays; returns a list of 1-d arrays. ``rule`` names one
+    of :data:`RULES`: the cheaper ones serve the first iterations of a root finder and scans for sign changes.
     """
-    tol, h_gauss, window = COARSE if coarse else (TOL, H_GAUSS, WINDOW)
+    tol, h_gauss, window = RULES[rule]
     mu, q = np.broadcast_arrays(np.asarray(mu, float), np.asarray(q, float))
     mu, q = mu.ravel(), q.ravel()
     s = np.sqrt(q)

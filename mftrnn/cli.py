@@ -45,6 +45,7 @@ RESULT_DESCRIPTIONS = {
     "c_star": "correlation c* = C*/Q*",
     "chi_c": "slope of the covariance map at C*",
     "xi_c": "timescale -1/ln(chi_c)",
+    "multistable": "more than one stable Q*? (Q_star is the least, reached from h_0 = 0)",
 }
 EXTENSIONS = (".npz", ".png")
 MAX_GRID_POINTS = 2 ** 24

@@ -208,3 +208,18 @@ def test_iterate_maps_validates_initial_conditions():
         mf.iterate_maps("vanilla", 5, Sigma=1.5)
     with pytest.raises(mf.DomainError):
         mf.iterate_maps("vanilla", -1)
+
+
+def test_multistable_variance_map_returns_least_fixed_point_and_flags_it():
+    """minimalRNN at sigma_w = 5, mu_b = 5 has two stable fixed points; Q* is the one reached from h_0 = 0."""
+    fp = mf.fixed_point("minimal", sigma_w=5.0, mu_b=5.0)
+    assert bool(fp.multistable)
+    low = mf.iterate_maps("minimal", 4000, Q0=0.0, sigma_w=5.0, mu_b=5.0)["Q_a"][-1]
+    high = mf.iterate_maps("minimal", 4000, Q0=1.0, sigma_w=5.0, mu_b=5.0)["Q_a"][-1]
+    np.testing.assert_allclose(fp.Q_star, low, rtol=1e-6)  # iteration converges slowly (chi_q = 0.995)
+    assert high > 5 * low  # a second, larger stable fixed point
+    F = Compiled([mf.mean_field("minimal").Q_map], HYP)
+    np.testing.assert_allclose(F(high, 5.0, 1.0, 0.0, 5.0, 1.0)[0], high, rtol=1e-9)
+    typical = mf.fixed_point("minimal", sigma_w=np.linspace(0.1, 3, 20), mu_b=np.linspace(-4, 6, 20))
+    assert not typical.multistable.any()
+    assert mf.fixed_point("vanilla", sigma_w=2.0).to_dict()["multistable"] is False
