@@ -164,14 +164,17 @@ def test_simulate_accepts_cell_objects():
 N, B = 1000, 4
 S_REL = math.sqrt(2 / (N * B))  # standard error of a mean over B networks, relative (~2.2%)
 
+# (cell, hyperparameters, tied). The minimalRNN's tied-weight transients carry a systematic O(1) (not 1/sqrt(N))
+# deviation that grows with sigma_w and mu_b (see test_minimal_tied_weights_break_mean_field and the book), so its
+# algebra is checked with untied weights, the assumption of the theory; tied only at weak coupling.
 TRAJECTORY_CASES = [
-    ("vanilla", dict(sigma_w=0.5)),                                  # ordered, with input
-    ("vanilla", dict(sigma_w=1.0, sigma_v=0.0, sigma_b=0.05)),       # near-critical, no input
-    ("vanilla", dict(sigma_w=2.0, sigma_v=0.0)),                     # chaotic, no input
-    ("vanilla", dict(sigma_w=2.0, sigma_v=1.0, sigma_b=0.3)),        # chaotic, input and bias
-    ("minimal", dict(sigma_w=0.5)),                                  # ordered
-    ("minimal", dict(sigma_w=1.0)),
-    ("minimal", dict(sigma_w=1.0, mu_b=4.0)),                        # large gate bias: long memory
+    ("vanilla", dict(sigma_w=0.5), True),                             # ordered, with input
+    ("vanilla", dict(sigma_w=1.0, sigma_v=0.0, sigma_b=0.05), True),  # near-critical, no input
+    ("vanilla", dict(sigma_w=2.0, sigma_v=0.0), True),                # chaotic, no input
+    ("vanilla", dict(sigma_w=2.0, sigma_v=1.0, sigma_b=0.3), True),   # chaotic, input and bias
+    ("minimal", dict(sigma_w=0.5), True),                             # ordered, weak coupling
+    ("minimal", dict(sigma_w=1.0), False),
+    ("minimal", dict(sigma_w=1.0, mu_b=4.0), False),                  # large gate bias: long memory
 ]
 
 
@@ -198,12 +201,12 @@ def _propagated_sem(cell, kw, th, key, T, Sigma):
     return np.sqrt(var)
 
 
-@pytest.mark.parametrize("cell,kw", TRAJECTORY_CASES)
-def test_trajectories_match_iterate_maps(cell, kw):
-    """Q_t and C_t from iterate_maps vs simulate (tied weights), T=30, Sigma=0.5, C0=0.3."""
+@pytest.mark.parametrize("cell,kw,tied", TRAJECTORY_CASES)
+def test_trajectories_match_iterate_maps(cell, kw, tied):
+    """Q_t and C_t from iterate_maps vs simulate, T=30, Sigma=0.5, C0=0.3."""
     T, Sigma = 30, 0.5
     th = mf.iterate_maps(cell, T, Q0=1.0, C0=0.3, Sigma=Sigma, **kw)
-    res = simulate(cell, N=N, T=T, Q0=1.0, C0=0.3, Sigma=Sigma, n_networks=B, tied=True, seed=21, **kw)
+    res = simulate(cell, N=N, T=T, Q0=1.0, C0=0.3, Sigma=Sigma, n_networks=B, tied=tied, seed=21, **kw)
     s_q = _propagated_sem(cell, kw, th, "Q_a", T, Sigma)
     s_c = _propagated_sem(cell, kw, th, "C", T, Sigma)
     z_q = np.abs(res.Q_a - th["Q_a"]) / s_q
