@@ -4,7 +4,6 @@ scipy.integrate.quad and finds every fixed point with scipy.optimize.brentq."""
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import pytest

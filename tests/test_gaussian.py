@@ -2,7 +2,7 @@
 import numpy as np
 import sympy as sp
 
-from mftrnn import E, E2, expect, expect2, sigmoid
+from mftrnn import E, expect, expect2, sigmoid
 from mftrnn._numeric import Compiled
 
 x, y = sp.symbols("x y", real=True)

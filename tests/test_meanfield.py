@@ -52,12 +52,17 @@ def test_fixed_points_satisfy_their_maps(cell):
 
 
 def test_minimal_gate_symmetry_at_zero_bias():
-    """At mu_b = 0, u(-e) = 1 - u(e) gives E[u^2] = E[(1-u)^2]; with R = Q the map is then Q_t = 2 E[u^2] Q."""
+    """At mu_b = 0, u(-e) = 1 - u(e): the derived variance map's coefficients of Q and R, E[u^2] and E[(1-u)^2],
+    are equal (and differ at mu_b != 0)."""
     m = mf.mean_field("minimal")
+    q = m.q_symbols[mf.get_cell("minimal").preactivations[0].symbol].q
+    keep, admit = m.variance_map.coeff(Q), m.variance_map.coeff(R)
+    f = Compiled([keep, admit], [mu_b, q])
     qs = np.array([0.0, 0.3, 2.0, 50.0])
-    f = Compiled([expect(sigmoid(e) ** 2, e, 0, Q), expect((1 - sigmoid(e)) ** 2, e, 0, Q)], [Q])
-    a, b = f(qs)
+    a, b = f(0.0, qs)
     np.testing.assert_allclose(a, b, rtol=1e-13)
+    a, b = f(1.0, qs)
+    assert np.all(a - b > 0.1)
 
 
 def _poole_feedforward(sw, sb):
