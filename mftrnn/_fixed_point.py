@@ -12,9 +12,13 @@ r"""Fixed points, slopes and timescales of the mean-field maps (vectorised over 
 
 Root finding is a vectorised Newton iteration safeguarded by bisection on a bracket (the slope is known in
 closed form, so convergence is quadratic; plain iteration of the map needs :math:`\sim\xi` steps and stalls
-near :math:`\chi=1`). When the bracket's lower end is itself a fixed point (:math:`Q=0` without input or bias
-noise; :math:`C=Q^*` without input), the stable fixed point is returned: that end if the slope there is at most
-1, otherwise the root inside.
+near :math:`\chi=1`). It runs on a cheap quadrature rule (~1e-6) and finishes with one Newton step on the fine
+rule (~1e-12), after which the residual :math:`|\mathcal Q(Q^*)-Q^*|` is checked and the rare points above
+1e-10 are re-solved on the fine rule. The variance map can have several stable fixed points; the *least* one is
+returned (reached from :math:`h_0=0`), located by a sign scan of the map on a geometric grid, and
+``multistable`` flags the points where the scan saw more than one. When the bracket's lower end is itself a
+fixed point (:math:`Q=0` without input or bias noise; :math:`C=Q^*` without input), the stable fixed point is
+returned: that end if the slope there is at most 1, otherwise the root inside.
 """
 from __future__ import annotations
 
