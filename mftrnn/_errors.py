@@ -19,3 +19,7 @@ class ConvergenceError(MftrnnError):
 
 class UnknownCellError(MftrnnError):
     """No cell of that name is registered."""
+
+
+class DataError(MftrnnError):
+    """A data set is missing, corrupt (checksum mismatch), undecodable, or inconsistent (out-of-vocabulary)."""
