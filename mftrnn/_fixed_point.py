@@ -128,7 +128,7 @@ def _solve(g_dg, lo, hi, x0, what, rtol=_RTOL, floor=1e-300):
         ok = np.isfinite(newton) & (newton >= lo[act]) & (newton <= hi[act])
         new = np.where(ok, newton, 0.5 * (lo[act] + hi[act]))
         step = np.abs(new - x[act])
-        conv = (g == 0) | (ok & (step <= rtol * scale)) | (hi[act] - lo[act] <= _RTOL * scale)
+        conv = (g == 0) | (ok & (step <= rtol * scale)) | (hi[act] - lo[act] <= rtol * scale)
         x[act] = np.where(g == 0, x[act], new)
         done[act] = conv
     bad = np.count_nonzero(~done)
@@ -208,7 +208,29 @@ def _solve_Q(cell, hp):
                 return F - x, dF - 1.0
             return f
 
-        x, _ = _solve(g_dg("coarse"), a, b, x0, "variance map (coarse)", rtol=1e-4)
+        x, dg = _solve(g_dg("coarse"), a, b, x0, "variance map (coarse)", rtol=1e-4)
+        # the scan's signs come from a ~1e-3 rule: where chi_q is close to 1 that can misplace a root by more than
+        # the widening (by ~1e-3 / (1 - chi_q)), and the coarse solve then ends on an end of its bracket. Move such
+        # brackets outwards by factors of 2 (never beyond lo or hi) and solve again.
+        moved = np.zeros(todo.size)  # -1: bracket moved down, +1: up (a root at the shared end stops the search)
+        for _ in range(64):
+            at_a = (a > lo) & (x <= a * (1 + 2e-4)) & (moved <= 0)  # within the coarse tolerance (1e-4) of an end
+            at_b = (b < hi) & (x >= b * (1 - 2e-4)) & (moved >= 0)
+            stuck = np.nonzero(at_a | at_b)[0]
+            if stuck.size == 0:
+                break
+            up = at_b[stuck]
+            moved[stuck] = np.where(up, 1.0, -1.0)
+            na = np.where(up, b[stuck], np.maximum(0.5 * a[stuck], lo[stuck]))
+            nb = np.where(up, np.minimum(2.0 * b[stuck], hi[stuck]), a[stuck])
+
+            def g_stuck(xx, act, _rows=stuck):
+                return g_dg("coarse")(xx, _rows[act])
+
+            x[stuck], dg[stuck] = _solve(g_stuck, na, nb, 0.5 * (na + nb), "variance map (coarse)", rtol=1e-4)
+            a[stuck], b[stuck] = na, nb
+        else:
+            raise ConvergenceError("variance map: could not bracket the fixed point")
         # coarse root: Newton error ~ step^2 <~ 1e-8 after a step below 1e-4, quadrature error ~1e-6; one Newton
         # step with the fine rule takes it to ~1e-12 (checked by the residual in _polish)
         g, dg = g_dg("fine")(x, rows)

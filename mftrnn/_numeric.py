@@ -38,10 +38,12 @@ def strip_half_width(body) -> float:
 def _sigmoid_pair(y):
     """(sigmoid(y), sigmoid(-y)) without cancellation: both from t = exp(-y), sigmoid(-y) = t sigmoid(y).
 
-    ``y`` is clipped to |y| <= 700 so that exp cannot overflow; the logistic function is 0 or 1 to double
-    precision long before that (no expectation in the supported range sees |y| > 150).
+    ``y`` is clipped to |y| <= 700 (double) or 80 (single precision) so that exp cannot overflow; the logistic
+    function is 0 or 1 to working precision long before that (no expectation in the supported range sees
+    |y| > 150). The dtype of ``y`` is kept (single precision serves the cheap quadrature rules).
     """
-    t = np.exp(-np.clip(y, -700.0, 700.0))
+    bound = 80.0 if y.dtype == np.float32 else 700.0
+    t = np.exp(-np.clip(y, -bound, bound))
     p = 1.0 / (1.0 + t)
     return p, t * p
 
@@ -104,7 +106,7 @@ def _lambdify_integrands(variables, bodies):
     def integrands(*x):
         vals = []
         for yf in yfns:
-            vals.extend(_sigmoid_pair(np.asarray(yf(*x), float)))
+            vals.extend(_sigmoid_pair(np.asarray(yf(*x), np.result_type(*x, np.float32))))
         return fn(*x, *vals)
 
     return integrands

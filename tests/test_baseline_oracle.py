@@ -28,6 +28,9 @@ MINIMAL_POINTS = [
     (1.0, 0.0, 0.0, 10.0, 1.0),
     (0.0, 1.0, 0.0, 2.0, 1.0),
     (0.0, 0.0, 0.0, 10.0, 1.0),  # q = 0: u = sigmoid(mu_b) is constant, Q* = (1-u)^2 R / (1-u^2)
+    # chi_q ~ 0.989: the sign scan's ~1e-3 rule misplaces the root by more than its bracket's widening; the
+    # coarse solve ends on the bracket's end and the bracket has to be moved (regression test)
+    (1.3, 1.0, 0.0, 5.647058823529412, 1.0),
 ]
 
 VANILLA_POINTS = [

@@ -13,6 +13,7 @@ import sympy as sp
 
 import mftrnn as mf
 from mftrnn._gaussian import E, EPS
+from mftrnn import _quadrature as Qd
 from mftrnn._numeric import Compiled
 
 from _mp import mp_expect, mp_function
@@ -82,3 +83,47 @@ def test_bivariate_expectations_match_nested_adaptive_quadrature(kind, mu, qa, q
     ref = integrate.quad(lambda z1: f_num(mu + sa * z1) * phi(z1) * inner(z1), -12, 12, epsabs=0,
                          epsrel=1e-12, limit=200, points=[-mu / sa])[0]
     assert abs(got - ref) <= 1e-8 * max(abs(ref), 1e-3), (got, ref)
+
+
+@pytest.mark.parametrize("rule", sorted(Qd.RULES))
+@pytest.mark.parametrize("d", [0.5, np.pi / 2, np.pi, np.inf])
+def test_node_counts_from_thresholds_match_error_model(rule, d):
+    """nodes_for (thresholds in s, solved in closed form) == smallest bucket >= nodes_needed (the error model)."""
+    tol, h_gauss, window = Qd.RULES[rule]
+    rng = np.random.default_rng(1)
+    s = np.concatenate([[0.0], rng.uniform(0, 10, 20000), np.exp(rng.uniform(-12, 2.3, 20000))])
+    need = Qd.nodes_needed(s, d, tol, h_gauss, window)
+    assert np.all(np.diff(need[np.argsort(s)]) >= 0)  # monotone in s, which the threshold method relies on
+    expected = Qd._BUCKETS[np.searchsorted(Qd._BUCKETS, need)]
+    np.testing.assert_array_equal(Qd.nodes_for(s, d, tol, h_gauss, window), expected)
+
+
+def _map_bodies(slopes: bool):
+    """Integrands of the variance maps (and, with ``slopes``, of their slopes chi_q): what the cheap rules see."""
+    out = set()
+    for c in mf.CELLS:
+        m = mf.mean_field(c)
+        for ex in (m.Q_map, m.chi_q) if slopes else (m.Q_map,):
+            out |= {n.args[0].expr for n in ex.atoms(E)}
+    return sorted(out, key=str)
+
+
+@pytest.mark.parametrize("rule, slopes, rtol", [("sample", False, 1e-3), ("coarse", False, 1e-5),
+                                               ("coarse", True, 2e-4)])
+def test_cheap_rules_in_single_precision(rule, slopes, rtol):
+    """The cheap rules run in float32 and only serve the root finder: the sign scan ("sample") needs the variance
+    maps to ~1e-3, the coarse Newton iterations the maps to ~1e-5 and their slopes to ~1e-4 (a slope error only
+    slows Newton down; the last step uses the fine rule). Measured worst cases over |mu| <= 10, q <= 100: 3.6e-4,
+    5.1e-6, 9.7e-5 (the slopes' tanh'' integrands at q = 30, whose double poles the error model's 0.8 safety
+    factor covers less well at low accuracy); errors relative to E|f| as in the test above."""
+    assert Qd.DTYPES[rule] == np.float32 and Qd.DTYPES["fine"] == np.float64
+    m, q = sp.symbols("m q")
+    bodies = _map_bodies(slopes)
+    exprs = [E(sp.Lambda(EPS, b), m, q) for b in bodies]
+    grid = np.array(list(itertools.product(np.linspace(-10, 10, 21), [0.0, 1e-3, 0.1, 1.0, 4.0, 30.0, 100.0])))
+    fine = Compiled(exprs, [m, q])(grid[:, 0], grid[:, 1])
+    cheap = Compiled(exprs, [m, q])(grid[:, 0], grid[:, 1], rule=rule)
+    absfine = Compiled([E(sp.Lambda(EPS, sp.Abs(b)), m, q) for b in bodies], [m, q])(grid[:, 0], grid[:, 1])
+    for body, f, c, scale in zip(bodies, fine, cheap, absfine):
+        err = np.abs(c - f) / np.maximum(scale, 1e-300)
+        assert err.max() <= rtol, (rule, body, err.max())
