@@ -7,9 +7,13 @@ Public API (re-exported from private modules, one concept each):
 * derived maps — :func:`mean_field` (a :class:`MeanField` of SymPy expressions), their symbols in
   :mod:`mftrnn.symbols`, and :class:`Compiled` to evaluate any such expression on NumPy arrays;
 * numbers — :func:`fixed_point` (a :class:`FixedPoint`), :func:`iterate_maps`, :func:`timescale`;
+* Jacobian spectra (:mod:`mftrnn.jacobian`) — :func:`step_jacobian`, :func:`step_moments`, :func:`product_moments`,
+  :func:`isometry`, :func:`coefficient_law` (a :class:`CoefficientLaw`), :func:`coefficient_moment`,
+  :func:`state_moments`, :func:`spectral_moments`;
 * errors — :class:`MftrnnError`, :class:`DomainError`, :class:`ConvergenceError`, :class:`UnknownCellError`,
   :class:`DataError`.
 
+Critical initialisation: :mod:`mftrnn.critical` (theory, re-exported) and :mod:`mftrnn.init` (PyTorch initialisers).
 PyTorch cells live in :mod:`mftrnn.nn`, the finite-width simulator in :mod:`mftrnn.simulate`, the command line in
 :mod:`mftrnn.cli`.
 """
@@ -20,6 +24,11 @@ from ._gaussian import E, E2, expect, expect2, sigmoid
 from ._meanfield import MeanField, mean_field
 from ._numeric import Compiled
 from . import symbols
+from .jacobian import (CoefficientLaw, StepJacobian, coefficient_law, coefficient_moment, isometry, product_moments,
+                       spectral_moments, state_moments, step_jacobian, step_moments)
+
+from .critical import (minimal_critical_mu_b, minimal_critical_sigma_w, minimal_for_timescale, vanilla_critical,
+                       vanilla_critical_line, vanilla_min_q_star)
 
 __version__ = "0.1.0"
 
@@ -29,4 +38,8 @@ __all__ = [
     "DEFAULTS", "FixedPoint", "fixed_point", "iterate_maps", "timescale",
     "E", "E2", "expect", "expect2", "sigmoid",
     "MeanField", "mean_field", "Compiled", "symbols", "__version__",
+    "StepJacobian", "step_jacobian", "CoefficientLaw", "coefficient_law", "coefficient_moment", "spectral_moments",
+    "step_moments", "product_moments", "isometry", "state_moments",
+    "vanilla_critical", "vanilla_critical_line", "vanilla_min_q_star", "minimal_critical_mu_b",
+    "minimal_critical_sigma_w", "minimal_for_timescale",
 ]

@@ -1,9 +1,10 @@
-"""Command line interface: ``mftrnn fixed-point`` and ``mftrnn phase-diagram``.
+"""Command line interface: ``mftrnn fixed-point``, ``mftrnn phase-diagram``, ``mftrnn digits`` and ``mftrnn critical``.
 
 Examples::
 
     mftrnn fixed-point minimal --sigma-w 2 --mu-b 1 --json
     mftrnn phase-diagram minimal --x sigma_w:0.05:3:200 --y mu_b:-4:6:200 --out minimal.png
+    mftrnn spectrum minimal --sigma-w 2 --mu-b 4 --T 10 --json   # T-step Jacobian spectrum (mftrnn.jacobian)
 
 Every input error (unknown cell, bad hyperparameter, malformed grid, unwritable output,
 non-converging fixed point) is reported as one line ``mftrnn: error: ...`` on stderr with a
@@ -71,7 +72,7 @@ def _add_hyperparameters(p: argparse.ArgumentParser) -> None:
                        metavar="X", help=f"{DESCRIPTIONS[name]} (default {DEFAULTS[name]:g})")
 
 
-def _build_parser() -> argparse.ArgumentParser:
+def _build_parser(full_lm: bool = False) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mftrnn",
         description="Mean-field theory of recurrent neural networks (vanilla RNN and minimalRNN): "
@@ -100,6 +101,10 @@ def _build_parser() -> argparse.ArgumentParser:
     pd.add_argument("--color", choices=("xi", "chi"), default="xi",
                     help="quantity shown as colour in the .png (default xi, log scale)")
     pd.add_argument("--no-progress", action="store_true", help="never show a progress bar")
+    _add_digits_parser(sub)
+    _add_critical_parser(sub)
+    _add_spectrum_parser(sub)
+    _add_lm_parser(sub, full_lm)
     return parser
 
 
@@ -307,6 +312,367 @@ def cmd_phase_diagram(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------ digits
+
+def _add_digits_parser(sub) -> None:
+    """``mftrnn digits``: train on sequential digits (options override the preset's values)."""
+    dg = sub.add_parser(
+        "digits", help="train vanilla/minimal RNNs on sequential digits (critical vs standard initialisation)",
+        description="Sequential digits: an image fed row by row, then T_pad blank steps; the class is read "
+                    "from the last state. Trains one configuration (--out NAME.json) or a preset's whole sweep "
+                    "(--sweep PRESET --out-dir DIR). Reruns resume from checkpoints; finished runs are skipped.")
+    g = dg.add_argument_group("run")
+    g.add_argument("--preset", default=None, metavar="NAME",
+                   help="base values: tiny (sklearn digits), cpu (committed runs) or gpu (default cpu)")
+    g.add_argument("--sweep", default=None, metavar="PRESET", help="run every configuration of a preset's sweep")
+    g.add_argument("--out", default=None, metavar="FILE.json", help="result file of a single run")
+    g.add_argument("--out-dir", default=None, metavar="DIR", help="result folder of a sweep")
+    g.add_argument("--seeds", default=None, metavar="S1,S2,...", help="seeds of a sweep (default: the preset's)")
+    g.add_argument("--force", action="store_true", help="overwrite a result of another configuration")
+    g.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    g.add_argument("--checkpoint-every", type=_float, default=60.0, metavar="SECONDS",
+                   help="wall time between checkpoints (default 60)")
+    g.add_argument("--quiet", action="store_true", help="print only the final line(s)")
+    g.add_argument("--data-dir", default=None, metavar="DIR",
+                   help="folder that contains mnist/ (default $MFTRNN_DATA, else ../shared/data)")
+    g.add_argument("--download", action="store_true", help="fetch missing MNIST files (verified by sha256)")
+    c = dg.add_argument_group("configuration (default: the preset's value)")
+    c.add_argument("--cell", default=None, help="vanilla or minimal")
+    c.add_argument("--init", default=None, help="default, critical or off-critical")
+    c.add_argument("--weights", default=None, help="orthogonal or gaussian recurrent weights")
+    for flag, kind, text in (("--dataset", str, "mnist or sklearn"), ("--T-pad", int, "blank steps after the image"),
+                             ("--hidden", int, "width N"), ("--steps", int, "training steps"),
+                             ("--batch-size", int, "mini-batch size"), ("--lr", _float, "Adam learning rate"),
+                             ("--clip", _float, "gradient-norm clipping threshold"),
+                             ("--eval-every", int, "steps between test evaluations"),
+                             ("--n-test", int, "size of the fixed test subset"),
+                             ("--n-train", int, "use only the first N training images"),
+                             ("--R", _float, "input second moment per component"),
+                             ("--q-star", _float, "vanilla critical init: target q*"),
+                             ("--k", _float, "minimalRNN critical init: timescale xi = k T"),
+                             ("--sigma-w", _float, "recurrent weight std (off-critical; minimal critical)"),
+                             ("--sigma-v", _float, "input weight std (off-critical)"),
+                             ("--sigma-b", _float, "bias std (off-critical; vanilla critical)"),
+                             ("--mu-b", _float, "bias mean (off-critical; vanilla critical)"),
+                             ("--seed", int, "random seed"), ("--device", str, "cpu or cuda")):
+        dest = flag[2:].replace("-", "_")
+        c.add_argument(flag, dest=dest, type=kind, default=None, help=text)
+    c.add_argument("--pixel", action="store_true", default=None, help="pixel-by-pixel instead of row by row")
+
+
+_DIGITS_FIELDS = ("dataset", "cell", "init", "weights", "T_pad", "pixel", "hidden", "steps", "batch_size", "lr",
+                  "clip", "eval_every", "n_test", "n_train", "R", "q_star", "k", "sigma_w", "sigma_v", "sigma_b",
+                  "mu_b", "seed", "device")
+
+
+def cmd_digits(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
+    import shlex
+
+    import torch
+
+    from . import seqdigits as sd
+
+    if args.threads < 1:
+        raise CliError(f"--threads must be >= 1, got {args.threads}")
+    torch.set_num_threads(args.threads)
+    given = {f: getattr(args, f) for f in _DIGITS_FIELDS if getattr(args, f) is not None}
+    command = shlex.join(["mftrnn"] + list(argv))
+    log = (lambda s: None) if args.quiet else (lambda s: print(s, flush=True))
+    if args.sweep is not None:
+        if args.out is not None or args.preset is not None:
+            raise CliError("--sweep PRESET takes --out-dir, not --out or --preset")
+        if args.out_dir is None:
+            raise CliError("--sweep needs --out-dir DIR")
+        fixed = [f for f in ("cell", "init", "weights", "sigma_w", "sigma_v", "sigma_b", "mu_b", "seed") if f in given]
+        if fixed:
+            raise CliError(f"--sweep chooses {', '.join('--' + f.replace('_', '-') for f in fixed)} itself"
+                           + ("; use --seeds" if "seed" in fixed else ""))
+        if args.sweep not in sd.PRESETS:
+            raise CliError(f"unknown preset {args.sweep!r}; choose one of {', '.join(sd.PRESETS)}")
+        seeds = _parse_seeds(args.seeds)
+        results = sd.run_sweep(args.sweep, args.out_dir, seeds=seeds, data_dir=args.data_dir,
+                               download=args.download, command=command, log=log, **given)
+        for r in results:
+            final = r.get("final") or {}
+            print(f"{r['name']}: {r['status']}, final test accuracy {final.get('test_accuracy', float('nan')):.4f}, "
+                  f"{r['provenance']['wall_time_s']:.0f} s")
+        return 0
+    if args.out_dir is not None or args.seeds is not None:
+        raise CliError("--out-dir and --seeds belong to --sweep; a single run takes --out FILE.json")
+    if args.out is None:
+        raise CliError("give --out FILE.json (one run) or --sweep PRESET --out-dir DIR")
+    preset = args.preset or "cpu"
+    if preset not in sd.PRESETS:
+        raise CliError(f"unknown preset {preset!r}; choose one of {', '.join(sd.PRESETS)}")
+    missing = [f for f in ("cell", "init") if f not in given]
+    if missing:
+        raise CliError(f"give {' and '.join('--' + f for f in missing)}")
+    config = sd.DigitsConfig(**{**sd.PRESETS[preset], **given}).validated()
+    res = sd.train(config, args.out, data_dir=args.data_dir, download=args.download, force=args.force,
+                   checkpoint_every_s=args.checkpoint_every, command=command, log=log)
+    print(f"{args.out}: {res['status']}, final test accuracy {res['final']['test_accuracy']:.4f}, "
+          f"{res['provenance']['wall_time_s']:.0f} s")
+    return 0
+
+
+def _parse_seeds(text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None  # the preset's seeds
+    try:
+        seeds = tuple(int(s) for s in text.split(","))
+    except ValueError:
+        raise CliError(f"--seeds {text!r}: expected comma-separated integers") from None
+    if any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+        raise CliError(f"--seeds {text!r}: seeds must be distinct and >= 0")
+    return seeds
+
+
+# ---------------------------------------------------------------------------------------- critical
+
+_CRITICAL_OPTIONS = ("q_star", "T", "k", "sigma_w", "sigma_v", "sigma_b", "mu_b", "R", "max_spread")
+_CRITICAL_NOTES = {
+    "T": "task length", "k": "timescale factor: xi = k T", "orthogonal": "recurrent weights orthogonal (else Gaussian)",
+    "relative_variance": "per-step relative variance r of the spectrum of J J^T",
+    "spread": "T r: relative variance over the whole task", "narrow": "spread <= max_spread?",
+    "max_spread": "bound on the spread", "candidates": "(sigma_w, mu_b) candidates compared",
+    "mu_b_upper": "mu_b where chi falls below 1 again (upper end of the chaotic window)",
+    "upper_continuous": "continuously (True) or by a jump of the least fixed point (False)",
+}
+
+
+def _add_critical_parser(sub) -> None:
+    """``mftrnn critical``: critical initialisation hyperparameters (mftrnn.critical)."""
+    cr = sub.add_parser(
+        "critical", help="hyperparameters on chi = 1 (vanilla: target q*) or with xi = k T (minimal)",
+        description="Critical initialisation. vanilla: --q-star X gives sigma_w, sigma_v on the line chi = 1 with "
+                    "that fixed point. minimal: --T N gives the gate bias mu_b (and sigma_w unless given) with "
+                    "timescale xi = k T and a narrow Jacobian spectrum; without --T, --sigma-w X gives the mu_b of "
+                    "the chi = 1 boundary.")
+    cr.add_argument("cell", metavar="CELL", help="cell name (vanilla or minimal)")
+    for name, text in (("q_star", "vanilla: target pre-activation variance q* at the fixed point"),
+                       ("T", "minimal: task length; the timescale is xi = k T"),
+                       ("k", "minimal: timescale factor (default 1)"),
+                       ("sigma_w", "minimal: recurrent weight std (default: chosen)"),
+                       ("sigma_v", "minimal: input weight std (default 1)"),
+                       ("sigma_b", "bias std (default 0)"),
+                       ("mu_b", "vanilla: bias mean (default 0)"),
+                       ("R", "input second moment per component (default 1)"),
+                       ("max_spread", "minimal --T: bound on the T-step relative spectral variance (default 0.1)")):
+        flag = "--T" if name == "T" else "--" + name.replace("_", "-")
+        cr.add_argument(flag, dest=name, default=None, metavar="X", help=text)
+    cr.add_argument("--gaussian", action="store_true",
+                    help="minimal --T: Gaussian instead of orthogonal recurrent weights (for the spectrum)")
+    cr.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _critical_values(args: argparse.Namespace) -> dict:
+    """The given options as floats (one-line errors, no argparse usage block)."""
+    out = {}
+    for name in _CRITICAL_OPTIONS:
+        text = getattr(args, name)
+        if text is None:
+            continue
+        flag = "--T" if name == "T" else "--" + name.replace("_", "-")
+        try:
+            value = float(text)
+        except ValueError:
+            raise CliError(f"{flag}: not a number: {text!r}") from None
+        if not math.isfinite(value):
+            raise CliError(f"{flag} must be finite, got {text!r}")
+        out[name] = value
+    return out
+
+
+def _refuse(cell: str, given: dict, allowed: Sequence[str], why: str) -> None:
+    extra = [n for n in given if n not in allowed]
+    if extra:
+        flags = ", ".join("--T" if n == "T" else "--" + n.replace("_", "-") for n in extra)
+        raise CliError(f"{cell}: {flags} not accepted {why}")
+
+
+def cmd_critical(args: argparse.Namespace) -> int:
+    from . import critical
+
+    cell = _check_cell(args.cell)
+    given = _critical_values(args)
+    if cell == "vanilla":
+        if "q_star" not in given:
+            raise CliError("vanilla: give --q-star X (the fixed point's pre-activation variance; chi = 1 fixes "
+                           "sigma_w and sigma_v)")
+        _refuse(cell, given, ("q_star", "mu_b", "sigma_b", "R"), "(sigma_w and sigma_v are chosen; the critical "
+                "line has xi = inf)")
+        if args.gaussian:
+            raise CliError("vanilla: --gaussian is for minimal --T (chi does not depend on the weight ensemble)")
+        result = critical.vanilla_critical(given["q_star"], **{k: given[k] for k in ("mu_b", "sigma_b", "R")
+                                                               if k in given})
+        title = f"vanilla RNN on the critical line chi = 1 with q* = {given['q_star']:g}"
+    elif cell == "minimal" and "T" in given:
+        T = given["T"]
+        if T != int(T) or T < 1:
+            raise CliError(f"--T must be an integer >= 1, got {args.T!r}")
+        _refuse(cell, given, ("T", "k", "sigma_w", "sigma_v", "sigma_b", "R", "max_spread"),
+                "with --T (mu_b is chosen for the timescale)")
+        kw = {k: given[k] for k in ("k", "sigma_w", "sigma_v", "sigma_b", "R", "max_spread") if k in given}
+        result = critical.minimal_for_timescale(int(T), orthogonal=not args.gaussian, **kw)
+        title = f"minimalRNN with timescale xi = k T = {result['k'] * result['T']:g}"
+    elif cell == "minimal":
+        if "sigma_w" not in given:
+            raise CliError("minimal: give --T N (timescale xi = k T) or --sigma-w X (the chi = 1 boundary's mu_b)")
+        _refuse(cell, given, ("sigma_w", "sigma_v", "sigma_b", "R"), "without --T (mu_b is chosen on chi = 1)")
+        if args.gaussian:
+            raise CliError("minimal: --gaussian is for --T")
+        result = critical.minimal_critical_mu_b(given["sigma_w"], **{k: given[k] for k in ("sigma_v", "sigma_b", "R")
+                                                                      if k in given})
+        title = f"minimalRNN on the chi = 1 boundary at sigma_w = {given['sigma_w']:g}"
+    else:
+        raise CliError(f"no critical initialisation for cell {cell!r} (vanilla and minimal only)")
+    out = {"cell": cell}
+    for key, value in result.items():
+        if isinstance(value, float) and math.isnan(value):
+            raise CliError(f"critical initialisation gave {key} = nan")
+        out[key] = None if isinstance(value, float) and math.isinf(value) else value
+    if args.json:
+        print(json.dumps(out, allow_nan=False))
+        return 0
+    print(f"{title} (mftrnn {_version()})")
+    width = max(len(k) for k in out)
+    for key, value in out.items():
+        if key == "cell":
+            continue
+        note = RESULT_DESCRIPTIONS.get(key, DESCRIPTIONS.get(key, _CRITICAL_NOTES.get(key, "")))
+        if value is None:
+            note = (note + " " if note else "") + "(infinite)"
+        print(f"  {key:<{width}}  {_fmt(value):>16}  {note}")
+    if out.get("narrow") is False:
+        print(f"  note: no candidate reaches spread <= {out['max_spread']:g}; this is the narrowest")
+    return 0
+
+
+# -------------------------------------------------------------------------------------- spectrum
+
+SPECTRUM_DESCRIPTIONS = {
+    "mean": "mean of the spectrum of J J^T, J the T-step Jacobian (= chi^T)",
+    "variance": "its variance (free probability: T r chi^(2T))",
+    "relative_variance": "variance / mean^2 = T r",
+    "m2": "second moment (1/N) tr (J J^T)^2",
+    "variance_independent": "variance, exact for coefficients independent across steps",
+    "relative_variance_independent": "the same, relative to mean^2",
+    "chi": "mean of one step's spectrum (= chi of the fixed point)",
+    "variance_step": "variance of one step's spectrum",
+    "relative_variance_step": "r: one step's variance / chi^2",
+    "q_star": "pre-activation variance q* at the fixed point",
+    "Q_star": "hidden-state norm Q* = |h|^2/N",
+}
+
+
+def _add_spectrum_parser(sub) -> None:
+    """``mftrnn spectrum``: moments (and density) of the T-step Jacobian's squared singular values."""
+    sp_ = sub.add_parser(
+        "spectrum", help="spectrum of J J^T for the T-step state-to-state Jacobian (mean, variance, density)",
+        description="Mean and variance of the squared singular values of the T-step Jacobian dh_T/dh_0 at the "
+                    "mean-field fixed point (free probability), for Gaussian or orthogonal recurrent weights; "
+                    "--out FILE.png plots the density.")
+    sp_.add_argument("cell", metavar="CELL", help="cell name (vanilla or minimal)")
+    _add_hyperparameters(sp_)
+    sp_.add_argument("--T", dest="T", required=True, metavar="N", help="number of steps of the product (>= 1)")
+    sp_.add_argument("--orthogonal", action="store_true", help="W = sigma_w O with O Haar orthogonal")
+    sp_.add_argument("--json", action="store_true", help="print one JSON object")
+    sp_.add_argument("--out", default=None, metavar="FILE.png", help="plot the spectral density into a .png")
+
+
+def _parse_T(text: str) -> int:
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise CliError(f"--T must be an integer >= 1, got {text!r}") from None
+    if not math.isfinite(value) or value != int(value) or value < 1:
+        raise CliError(f"--T must be an integer >= 1, got {text!r}")
+    return int(value)
+
+
+def _save_spectrum_png(path: str, cell: str, T: int, orthogonal: bool, params: dict, result: dict) -> None:
+    try:
+        from .spectrum import spectral_density
+    except ImportError:
+        raise CliError("--out needs the spectral density (mftrnn.spectrum.spectral_density), "
+                       "which this installation does not provide; use --json for the moments") from None
+    import matplotlib
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    # spectra of products span decades: plot the density of ln(lambda), lambda rho(lambda), on a log axis, from
+    # 1e-6 of the mean to 6 standard deviations above it
+    mean, sd = result["mean"], math.sqrt(max(result["variance"], 0.0))
+    if not mean > 0:
+        raise CliError(f"the spectrum is a point mass at {mean:g}; nothing to plot")
+    x = np.geomspace(1e-6 * mean, mean + 6.0 * sd, 801) if sd > 0 else np.linspace(0.5 * mean, 1.5 * mean, 801)
+    rho = np.asarray(spectral_density(cell, T, x, orthogonal=orthogonal, **params), dtype=float)
+    if rho.shape != x.shape or not np.all(np.isfinite(rho)):
+        raise CliError("spectral density: non-finite or misshapen result")
+    fig, ax = plt.subplots(figsize=(6, 4))
+    try:
+        ax.semilogx(x, x * rho, lw=1.5)
+        ax.axvline(mean, color="0.5", ls="--", lw=1, label=f"mean = chi^T = {mean:.4g}")
+        ax.set_xlabel(r"squared singular value $\lambda$ of $J_T\cdots J_1$")
+        ax.set_ylabel(r"density of $\ln\lambda$: $\lambda\,\rho(\lambda)$")
+        ax.set_title(f"{cell}, T = {T}, {'orthogonal' if orthogonal else 'Gaussian'} W, "
+                     + ", ".join(f"{k}={v:g}" for k, v in params.items()), fontsize=8)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        _atomic_write(path, lambda fh: fig.savefig(fh, format="png"))
+    finally:
+        plt.close(fig)
+
+
+def cmd_spectrum(args: argparse.Namespace) -> int:
+    import mftrnn
+
+    cell = _check_cell(args.cell)
+    params = _fixed_params(args)
+    T = _parse_T(args.T)
+    if args.out is not None:
+        if os.path.splitext(args.out)[1].lower() != ".png":
+            raise CliError(f"--out {args.out!r}: the density plot is written as .png")
+        _check_output(args.out)
+    result = mftrnn.product_moments(cell, T, orthogonal=args.orthogonal, **params)
+    for key, value in result.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise CliError(f"spectrum gave {key} = {value} for {_describe(params)}, T={T}")
+    out = {"cell": cell, **params, "T": T, "orthogonal": bool(args.orthogonal)}
+    out.update(result)
+    if args.out is not None:
+        _save_spectrum_png(args.out, cell, T, bool(args.orthogonal), params, result)
+    if args.json:
+        print(json.dumps(out, allow_nan=False))
+        return 0
+    if args.out is not None:
+        print(f"wrote {args.out} (mean {result['mean']:.6g}, variance {result['variance']:.6g})")
+        return 0
+    weights = "orthogonal" if args.orthogonal else "Gaussian"
+    print(f"{cell} RNN, spectrum of J J^T for the {T}-step Jacobian, {weights} W (mftrnn {_version()})")
+    width = max(len(k) for k in out)
+    for name in PARAMS:
+        print(f"  {name:<{width}}  {_fmt(params[name]):>16}  {DESCRIPTIONS[name]}")
+    print()
+    for key, value in result.items():
+        if key in SPECTRUM_DESCRIPTIONS:
+            print(f"  {key:<{width}}  {_fmt(value):>16}  {SPECTRUM_DESCRIPTIONS[key]}")
+    return 0
+
+
+# -------------------------------------------------------------------------------------------- lm
+
+def _add_lm_parser(sub, full: bool) -> None:
+    """``mftrnn lm``: word-level language model (mftrnn.lm); its options (and torch) load only when used."""
+    lm = sub.add_parser("lm", help="word-level language model: minimalRNN vs LSTM vs GRU (PTB, WikiText-2)",
+                        description="Train an embedding -> RNN -> decoder language model with truncated BPTT "
+                                    "(presets tiny, small, medium, large); resumes from its checkpoint, skips a "
+                                    "finished run, writes a JSON result with provenance.")
+    if full:
+        from .lm import add_arguments
+        add_arguments(lm)
+
+
 # -------------------------------------------------------------------------------------- main
 
 def _one_line(exc: BaseException) -> str:
@@ -316,14 +682,24 @@ def _one_line(exc: BaseException) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``mftrnn`` console script; returns the exit status."""
-    parser = _build_parser()
-    args = parser.parse_args(None if argv is None else list(argv))
+    argv_list = sys.argv[1:] if argv is None else list(argv)
+    parser = _build_parser(full_lm=argv_list[:1] == ["lm"])
+    args = parser.parse_args(argv_list)
     try:
         import mftrnn
         errors: tuple = (CliError, OSError, mftrnn.MftrnnError)
     except ImportError:  # pragma: no cover
         errors = (CliError, OSError)
     try:
+        if args.command == "digits":
+            return cmd_digits(args, sys.argv[1:] if argv is None else list(argv))
+        if args.command == "lm":
+            from .lm import run_cli
+            return run_cli(args, argv_list)
+        if args.command == "critical":
+            return cmd_critical(args)
+        if args.command == "spectrum":
+            return cmd_spectrum(args)
         if args.command == "fixed-point":
             return cmd_fixed_point(args)
         return cmd_phase_diagram(args)

@@ -462,3 +462,122 @@ def measure_chi(cell, kind="chi", N=1000, T=60, sigma_w=1.0, sigma_v=1.0, sigma_
     chi_c = float(np.exp(coef[0]))
     return ChiEstimate(chi_c, float(chi_c * math.sqrt(cov[0, 0])), kind, t[idx], dev[idx], sim,
                        Q_star, C_inf)
+
+
+# --------------------------------------------------------------------------- Jacobian spectra
+def step_jacobian_matrix(module, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    r"""The state-to-state Jacobian :math:`J=\partial h_t/\partial h_{t-1}` of one step of a PyTorch cell.
+
+    ``module``: a :class:`mftrnn.nn.VanillaRNNCell` or :class:`mftrnn.nn.MinimalRNNCell`; ``x, h``: the input and
+    the previous state, vectors. :math:`J=\operatorname{diag}(a)+\operatorname{diag}(b)\,W` with the coefficients
+    :math:`a, b` derived symbolically from the cell's update rule (:func:`mftrnn.jacobian.torch_coefficients`).
+    """
+    from .jacobian import torch_coefficients
+    from .nn import MinimalRNNCell, VanillaRNNCell
+
+    if isinstance(module, MinimalRNNCell):
+        name = "minimal"
+    elif isinstance(module, VanillaRNNCell):
+        name = "vanilla"
+    else:
+        raise ValueError(f"expected a VanillaRNNCell or MinimalRNNCell, got {type(module).__name__}")
+    with torch.no_grad():
+        e = module.preactivation(x, h)
+        a, b = torch_coefficients(name)(e, h, x)
+        return torch.diag(a) + b[:, None] * module.weight_hh
+
+
+@dataclass
+class JacobianSpectrum:
+    """Output of :func:`jacobian_spectrum`.
+
+    ``sq_singular_values[T]``: the squared singular values of the T-step Jacobian product, shape
+    ``(n_networks, N)``, in decreasing order; ``mean[T]``, ``variance[T]``: per network, the mean
+    :math:`\\frac1N\\operatorname{tr}JJ^\\top` and variance of that empirical spectrum, shape ``(n_networks,)``;
+    ``Q``: :math:`|h|^2/N` per network when the product starts (after burn-in); ``params``: the arguments.
+    """
+
+    T: tuple
+    sq_singular_values: dict
+    mean: dict
+    variance: dict
+    Q: np.ndarray
+    params: dict = field(default_factory=dict)
+
+    def summary(self, T: int) -> dict:
+        """Mean over networks of the spectral mean and variance at ``T``, with standard errors (NaN for one network)."""
+        m, m_s = _stats(self.mean[T][:, None])
+        v, v_s = _stats(self.variance[T][:, None])
+        return {"T": int(T), "mean": float(m[0]), "mean_sem": float(m_s[0]), "variance": float(v[0]),
+                "variance_sem": float(v_s[0])}
+
+
+@torch.no_grad()
+def jacobian_spectrum(cell, N=500, T=(1, 2, 5, 10), *, sigma_w=1.0, sigma_v=1.0, sigma_b=0.0, mu_b=0.0, R=1.0,
+                      tied=True, orthogonal=False, burn_in=100, n_networks=1, seed=0,
+                      dtype=torch.float64) -> JacobianSpectrum:
+    r"""Squared singular values of the T-step state-to-state Jacobian of random networks of width ``N``.
+
+    Each network (:class:`mftrnn.nn.VanillaRNNCell` or :class:`mftrnn.nn.MinimalRNNCell`, initialised by
+    :func:`mftrnn.nn.init_`) is driven from :math:`h_0\sim\mathcal N(0, I)` by Gaussian inputs
+    :math:`x_t\sim\mathcal N(0, R\,I)` for ``burn_in`` steps (so :math:`|h|^2/N\approx Q^*`), then for
+    :math:`\max T` more steps along which the product :math:`J_t\cdots J_1` of the exact per-step Jacobians
+    :math:`J_t = \operatorname{diag}(a_t)+\operatorname{diag}(b_t)W_t` (:func:`step_jacobian_matrix`) is formed; its
+    squared singular values are recorded at every requested ``T``.
+
+    ``tied=True``: one :math:`(W, V, b)` per network (the real RNN). ``tied=False``: fresh :math:`(W, V, b)` at every
+    step (burn-in included), the setting in which the mean-field and free-probability assumptions are exact for
+    the vanilla RNN. ``orthogonal``: :math:`W=\sigma_w O` with :math:`O` Haar orthogonal. Seeds as in
+    :func:`simulate` (separate streams for data and weights).
+    """
+    from .nn import MinimalRNNCell, VanillaRNNCell, init_
+
+    name = _cell_name(cell)
+    N = _check_int("N", N, 1)
+    Ts = (T,) if np.ndim(T) == 0 else tuple(T)
+    if not Ts:
+        raise ValueError("T must be a positive integer or a non-empty list of them")
+    Ts = tuple(sorted({_check_int("T", t, 1) for t in Ts}))
+    burn_in = _check_int("burn_in", burn_in, 0)
+    n_networks = _check_int("n_networks", n_networks, 1)
+    sigma_w, sigma_v, sigma_b, mu_b = check_hyperparameters(sigma_w, sigma_v, sigma_b, mu_b)
+    R = _check_finite("R", R, 0.0)
+    params = dict(cell=name, N=N, T=Ts, sigma_w=sigma_w, sigma_v=sigma_v, sigma_b=sigma_b, mu_b=mu_b, R=R,
+                  tied=bool(tied), orthogonal=bool(orthogonal), burn_in=burn_in, n_networks=n_networks,
+                  seed=int(seed))
+    g_data, g_weights = _generators(seed, "cpu")
+    module = VanillaRNNCell(N, N, dtype=dtype) if name == "vanilla" else MinimalRNNCell(N, dtype=dtype)
+
+    def draw():
+        init_(module, sigma_w, sigma_v, sigma_b, mu_b, orthogonal=bool(orthogonal), generator=g_weights)
+
+    def inputs():
+        return torch.randn(N, generator=g_data, dtype=dtype) * math.sqrt(R)
+
+    svals = {t: [] for t in Ts}
+    Qs = []
+    for _ in range(n_networks):
+        draw()
+        h = torch.randn(N, generator=g_data, dtype=dtype)
+        for _ in range(burn_in):
+            if not tied:
+                draw()
+            h = module(inputs(), h)
+        Qs.append(float(h @ h) / N)
+        P = None
+        for t in range(1, Ts[-1] + 1):
+            if not tied:
+                draw()
+            x = inputs()
+            J = step_jacobian_matrix(module, x, h)
+            P = J if P is None else J @ P
+            h = module(x, h)
+            if t in svals:
+                svals[t].append((torch.linalg.svdvals(P) ** 2).cpu().numpy())
+    sq = {t: np.array(v) for t, v in svals.items()}
+    mean = {t: v.mean(1) for t, v in sq.items()}
+    var = {t: v.var(1) for t, v in sq.items()}
+    return JacobianSpectrum(Ts, sq, mean, var, np.array(Qs), params)
+
+
+__all__ += ["step_jacobian_matrix", "JacobianSpectrum", "jacobian_spectrum"]

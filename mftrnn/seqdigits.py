@@ -1,0 +1,1129 @@
+r"""Training evidence for critical initialisation: digits that must be remembered over :math:`T` steps.
+
+The task.  An image of ``rows x cols`` pixels is fed to a recurrent network one row per step (``rows`` steps of
+``cols`` features; with ``pixel=True`` one pixel per step, ``rows*cols`` steps of one feature), followed by
+:math:`T_{pad}` steps of zero input; the class is read out linearly from the **last** hidden state.  The network
+must carry the class through the whole memory length
+
+.. math::
+
+    T = \text{rows} + T_{pad}
+
+(the input steps included), so a network whose signals and gradients decay as :math:`\chi^t` with
+:math:`\xi = -1/\ln\chi \ll T` cannot learn it, while one initialised at :math:`\chi \approx 1` (the vanilla RNN)
+or with a gate timescale :math:`\xi \sim T` (the minimalRNN) can.  Data: MNIST (28 steps of 28) read from IDX files
+(:func:`load_mnist`), or scikit-learn's 8x8 digits (8 steps of 8, :func:`load_sklearn_digits`) for tests.
+
+Input normalisation (:class:`SequentialDigits`).  Pixels :math:`p\in[0,1]` are centred on their training-set mean
+:math:`m_{ij}` and scaled by one global factor :math:`s`,
+
+.. math::
+
+    x_{t,j} = s\,(p_{tj} - m_{tj}), \qquad
+    s^2 = R \Big/ \overline{(p - m)^2},
+
+where the bar is the average over training images and all pixels.  Hence the inputs have zero mean per component
+and a per-component second moment :math:`\mathbb E[x_{t,j}^2] = R` *on average over components and image steps*
+(border rows carry less, centre rows more), which is the :math:`R = |x_t|^2/N_{in}` of the mean-field theory.
+The blank steps have :math:`R = 0`; results therefore record the theory at both (``theory["input"]`` and
+``theory["blank"]``).
+
+Models (:class:`SequenceClassifier`): a tanh :class:`torch.nn.RNN` (``cell="vanilla"``) or the fast
+:class:`mftrnn.layers.MinimalRNN` (``cell="minimal"``, with its embedding :math:`z = \Phi x + \phi_b`), one layer of
+width :math:`N`, and a linear readout of :math:`h_T`.  Initialisations (:func:`initialise`):
+
+* ``default`` -- PyTorch's own initialisation of :class:`torch.nn.RNN` (all weights and both biases
+  :math:`\mathcal U(-1/\sqrt N, 1/\sqrt N)`, i.e. in mean-field terms :math:`\sigma_w^2 = 1/3`,
+  :math:`\sigma_v^2 = N_{in}/(3N)`, :math:`\sigma_b^2 = 2/(3N)`, :math:`\mu_b=0`), resp. the minimalRNN layer's
+  default (:math:`\sigma_w=\sigma_v=1`, :math:`\sigma_b=\mu_b=0`, Gaussian);
+* ``critical`` -- :func:`mftrnn.init.critical_rnn_init_` (vanilla: :math:`\chi = 1` at a chosen :math:`q^*`) and
+  :func:`mftrnn.init.critical_minimal_init_` (minimalRNN: gate bias such that :math:`\xi \approx kT`);
+* ``off-critical`` -- explicit :math:`\sigma_w, \sigma_v, \sigma_b, \mu_b` (:func:`mftrnn.nn.init_` conventions;
+  the sweeps use :math:`0.5\times` and :math:`2\times` the critical :math:`\sigma_w` for the vanilla RNN and
+  :math:`\mu_b = 0` for the minimalRNN);
+
+with ``weights="orthogonal"`` (:math:`W = \sigma_w O`) or ``"gaussian"`` (:math:`W_{ij}\sim\mathcal N(0,
+\sigma_w^2/N)`) recurrent weights.  The readout is PyTorch's default :class:`torch.nn.Linear` in every case.
+
+Training (:func:`train`): Adam, gradient-norm clipping, a fixed number of steps with mini-batches drawn uniformly
+(with replacement) from the training set, and every ``eval_every`` steps the accuracy and cross-entropy on a fixed
+test subset (the same images for every run).  Robustness: atomic checkpoints (model, optimiser, RNG states, the
+curve so far) let the same call resume after an interruption; a run whose result file exists with the same
+configuration is not redone; a non-finite loss or gradient stops the run with :class:`~mftrnn.ConvergenceError`
+(the result file then says ``"status": "diverged"``).  Each result is one JSON file with its provenance (command,
+git commit and dirty flag, device, torch version, UTC dates, wall time), the configuration, the hyperparameters the
+initialiser chose, the mean-field :math:`q^*, \chi, \xi` and the curve.  :func:`run_sweep` runs a preset's whole
+set of configurations (``mftrnn digits --sweep cpu --out-dir book/results/digits``); :func:`plot_curves` draws the
+accuracy curves from the result files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import gzip
+import json
+import math
+import os
+import platform
+import shlex
+import struct
+import subprocess
+import sys
+import time
+import types
+import urllib.error
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from . import data as _data
+from ._errors import ConvergenceError, DataError, DomainError, MftrnnError, UnknownCellError
+
+__all__ = [
+    "DigitsData",
+    "load_mnist",
+    "load_sklearn_digits",
+    "load_dataset",
+    "read_idx",
+    "write_idx",
+    "SequentialDigits",
+    "SequenceClassifier",
+    "DigitsConfig",
+    "PRESETS",
+    "PRESET_SEEDS",
+    "CELLS",
+    "INITS",
+    "WEIGHTS",
+    "DATASETS",
+    "initialise",
+    "theory",
+    "evaluate",
+    "fixed_test_subset",
+    "default_checkpoint_path",
+    "train",
+    "sweep_configs",
+    "run_sweep",
+    "load_results",
+    "steps_to_accuracy",
+    "summary",
+    "plot_curves",
+    "MNIST_FILES",
+    "MNIST_SHA256",
+    "MNIST_URL",
+]
+
+CELLS = ("vanilla", "minimal")
+INITS = ("default", "critical", "off-critical")
+WEIGHTS = ("orthogonal", "gaussian")
+DATASETS = ("mnist", "sklearn")
+N_CLASSES = 10
+RESULT_FORMAT = "mftrnn.seqdigits/1"
+
+# ---------------------------------------------------------------------------------------------------------------
+# MNIST files: IDX parsing, verification, download on request
+# ---------------------------------------------------------------------------------------------------------------
+
+MNIST_FILES: dict[str, tuple[str, str]] = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+"""Split -> (images file, labels file), uncompressed names inside ``DATA/mnist/`` (each may also be ``NAME.gz``)."""
+
+MNIST_SHA256: dict[str, str] = {
+    "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+    "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+    "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+    "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+}
+"""sha256 of the **uncompressed** canonical IDX files (``shared/data/SHA256SUMS``)."""
+
+MNIST_URL = "https://ossci-datasets.s3.amazonaws.com/mnist/{file}.gz"
+"""Canonical location of the gzipped MNIST files; ``{file}`` is the uncompressed name."""
+
+# IDX type codes (third magic byte) -> big-endian NumPy dtype
+_IDX_DTYPES = {0x08: np.dtype(">u1"), 0x09: np.dtype(">i1"), 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
+               0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+_IDX_CODES = {dt.newbyteorder("="): code for code, dt in _IDX_DTYPES.items()}
+
+
+def read_idx(raw: bytes, what: str = "IDX data") -> np.ndarray:
+    """Parse the bytes of an IDX file into a NumPy array (native byte order).
+
+    Layout: two zero bytes, a type code (``0x08`` uint8, ``0x09`` int8, ``0x0B`` int16, ``0x0C`` int32, ``0x0D``
+    float32, ``0x0E`` float64), the number of dimensions :math:`d\\ge1`, then :math:`d` big-endian uint32 sizes
+    and the data (big-endian, C order).  A bad magic number, unknown type, truncated header or a data length that
+    differs from the product of the sizes raises :class:`~mftrnn.DataError` naming ``what``.
+    """
+    if len(raw) < 4:
+        raise DataError(f"{what}: not an IDX file (only {len(raw)} bytes)")
+    if raw[0] != 0 or raw[1] != 0:
+        raise DataError(f"{what}: not an IDX file (magic number {raw[:4].hex()} does not start with 0000)")
+    code, ndim = raw[2], raw[3]
+    if code not in _IDX_DTYPES:
+        raise DataError(f"{what}: unknown IDX data type code 0x{code:02x}")
+    if ndim < 1:
+        raise DataError(f"{what}: IDX file with 0 dimensions")
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise DataError(f"{what}: truncated IDX header ({len(raw)} bytes, need {header} for {ndim} dimensions)")
+    dims = struct.unpack(f">{ndim}I", raw[4:header])
+    dtype = _IDX_DTYPES[code]
+    count = math.prod(dims)
+    expected = header + count * dtype.itemsize
+    if len(raw) != expected:
+        kind = "truncated" if len(raw) < expected else "has trailing bytes"
+        raise DataError(f"{what}: IDX file {kind}: {len(raw):,} bytes for shape {dims} of {dtype.name} "
+                        f"(expected {expected:,})")
+    arr = np.frombuffer(raw, dtype=dtype, count=count, offset=header).reshape(dims)
+    return arr.astype(dtype.newbyteorder("="))
+
+
+def write_idx(array) -> bytes:
+    """The IDX bytes of ``array`` (uint8, int8, int16, int32, float32 or float64; at least one dimension)."""
+    a = np.asarray(array)
+    code = _IDX_CODES.get(a.dtype.newbyteorder("="))
+    if code is None:
+        raise DataError(f"IDX cannot store dtype {a.dtype}")
+    if a.ndim < 1 or a.ndim > 255:
+        raise DataError(f"IDX needs 1 to 255 dimensions, got {a.ndim}")
+    head = bytes([0, 0, code, a.ndim]) + struct.pack(f">{a.ndim}I", *a.shape)
+    return head + np.ascontiguousarray(a, dtype=_IDX_DTYPES[code]).tobytes()
+
+
+def _read_bytes_verified(path: Path, expected: str) -> bytes:
+    """Content of ``path`` (gunzipped if it ends in ``.gz``), verified against the sha256 ``expected``."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc}") from None
+    if path.suffix == ".gz":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError) as exc:
+            raise DataError(f"cannot decompress {path} (corrupt or truncated gzip file; "
+                            f"expected sha256 {expected} of the content): {exc}") from None
+    _data._verify(raw, expected, str(path))
+    return raw
+
+
+def _mnist_missing_message(missing: list[str], folder: Path, candidates: list[Path]) -> str:
+    searched = ", ".join(str(c / "mnist") for c in candidates)
+    files = ", ".join(f"{f}[.gz]" for f in missing)
+    url = MNIST_URL.format(file="{" + ",".join(sorted(MNIST_SHA256)) + "}")
+    return (f"MNIST data not found: missing {files} in {folder} (searched: {searched}). "
+            f"Point the environment variable {_data.ENV_VAR} (or --data-dir) at the folder that contains "
+            f"'mnist/' (e.g. export {_data.ENV_VAR}=/path/to/shared/data); or pass --download "
+            f"(download=True) to fetch the canonical files from {url} into {folder} and verify their sha256.")
+
+
+def _download_mnist_file(filename: str, folder: Path) -> Path:
+    """Fetch ``filename.gz``, verify the sha256 of its content, and only then store it (atomically)."""
+    url = MNIST_URL.format(file=filename)
+    try:
+        data = _data._fetch(url)
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise DataError(f"download of {url} failed: {exc}") from None
+    try:
+        content = gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
+    except (OSError, EOFError) as exc:
+        raise DataError(f"download of {url} is a corrupt gzip stream: {exc}") from None
+    _data._verify(content, MNIST_SHA256[filename], f"download of {url}", _data._HINT_DOWNLOAD)
+    dest = folder / (filename + ".gz")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        _data._write_atomic(gzip.compress(content) if content is data else data, dest)
+    except OSError as exc:
+        raise DataError(f"cannot write {dest}: {exc}; choose a writable folder with --data-dir "
+                        f"or {_data.ENV_VAR}") from None
+    return dest
+
+
+@dataclass(eq=False)
+class DigitsData:
+    """Images in :math:`[0, 1]` (``float32``, shape ``(n, rows, cols)``) and ``int64`` labels in ``0..9``.
+
+    ``sources`` maps each file read to the sha256 of its content (empty for generated data).
+    """
+
+    name: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    sources: dict = field(default_factory=dict)
+
+    @property
+    def rows(self) -> int:
+        return int(self.x_train.shape[1])
+
+    @property
+    def cols(self) -> int:
+        return int(self.x_train.shape[2])
+
+    def __repr__(self) -> str:
+        return (f"DigitsData(name={self.name!r}, train={len(self.y_train):,}, test={len(self.y_test):,}, "
+                f"image={self.rows}x{self.cols})")
+
+
+def _check_split(images: np.ndarray, labels: np.ndarray, what: str) -> None:
+    if images.ndim != 3:
+        raise DataError(f"{what}: images must have 3 dimensions (n, rows, cols), got shape {images.shape}")
+    if labels.ndim != 1:
+        raise DataError(f"{what}: labels must have 1 dimension, got shape {labels.shape}")
+    if len(images) != len(labels):
+        raise DataError(f"{what}: {len(images):,} images but {len(labels):,} labels")
+    if len(labels) == 0:
+        raise DataError(f"{what}: no images")
+    if labels.min() < 0 or labels.max() >= N_CLASSES:
+        raise DataError(f"{what}: labels must lie in 0..{N_CLASSES - 1}, found {labels.min()}..{labels.max()}")
+
+
+def load_mnist(data_dir: str | os.PathLike | None = None, download: bool = False) -> DigitsData:
+    """MNIST from ``DATA/mnist/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]``, verified.
+
+    ``DATA`` is ``data_dir``, else ``$MFTRNN_DATA``, else ``../shared/data`` (see
+    :func:`mftrnn.data.candidate_data_dirs`).  Every file's uncompressed content must match :data:`MNIST_SHA256`.
+    Missing files raise :class:`~mftrnn.DataError` saying where we looked and what to do, unless ``download=True``:
+    then only the missing files are fetched from :data:`MNIST_URL`, verified and written.
+    """
+    candidates = _data.candidate_data_dirs(data_dir)
+    root = _data._choose_data_dir("mnist", candidates)
+    folder = root / "mnist"
+    names = [f for pair in MNIST_FILES.values() for f in pair]
+    paths = {f: _data._find_file(folder, f) for f in names}
+    missing = [f for f in names if paths[f] is None]
+    if missing and not download:
+        raise DataError(_mnist_missing_message(missing, folder, candidates))
+    for f in missing:
+        paths[f] = _download_mnist_file(f, folder)
+    arrays, sources = {}, {}
+    for f in names:
+        raw = _read_bytes_verified(paths[f], MNIST_SHA256[f])
+        arrays[f] = read_idx(raw, str(paths[f]))
+        sources[str(paths[f])] = MNIST_SHA256[f]
+    out = {}
+    for split, (fi, fl) in MNIST_FILES.items():
+        images, labels = arrays[fi], arrays[fl]
+        if images.dtype != np.uint8 or labels.dtype != np.uint8:
+            raise DataError(f"MNIST {split}: expected uint8 IDX files, got {images.dtype} and {labels.dtype}")
+        _check_split(images, labels, f"MNIST {split} ({paths[fi]}, {paths[fl]})")
+        out[split] = (images.astype(np.float32) / 255.0, labels.astype(np.int64))
+    if out["train"][0].shape[1:] != out["test"][0].shape[1:]:
+        raise DataError(f"MNIST: train images {out['train'][0].shape[1:]} and test images "
+                        f"{out['test'][0].shape[1:]} differ in size")
+    return DigitsData("mnist", *out["train"], *out["test"], sources=sources)
+
+
+def load_sklearn_digits(test_fraction: float = 0.25, seed: int = 0) -> DigitsData:
+    """scikit-learn's 1,797 8x8 digits (pixel values 0..16, scaled to [0, 1]), split at random into train/test.
+
+    The split is a permutation drawn with ``numpy.random.default_rng(seed)``; the last
+    ``round(test_fraction * 1797)`` images are the test set.
+    """
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:
+        raise DataError("the 'sklearn' data set needs scikit-learn (pip install scikit-learn)") from None
+    if not 0.0 < test_fraction < 1.0:
+        raise DomainError(f"test_fraction must lie in (0, 1), got {test_fraction!r}")
+    d = load_digits()
+    images = np.asarray(d.images, dtype=np.float32) / 16.0
+    labels = np.asarray(d.target, dtype=np.int64)
+    perm = np.random.default_rng(seed).permutation(len(labels))
+    n_test = int(round(test_fraction * len(labels)))
+    tr, te = perm[:-n_test], perm[-n_test:]
+    return DigitsData("sklearn", images[tr], labels[tr], images[te], labels[te])
+
+
+def load_dataset(name: str, data_dir: str | os.PathLike | None = None, download: bool = False) -> DigitsData:
+    """``"mnist"`` (:func:`load_mnist`) or ``"sklearn"`` (:func:`load_sklearn_digits`)."""
+    if name == "mnist":
+        return load_mnist(data_dir, download=download)
+    if name == "sklearn":
+        return load_sklearn_digits()
+    raise DataError(f"unknown data set {name!r}; choose one of {', '.join(DATASETS)}")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The task
+# ---------------------------------------------------------------------------------------------------------------
+
+class SequentialDigits:
+    r"""Digits as sequences: ``rows`` steps of ``cols`` features (or pixel by pixel), then ``T_pad`` zero steps.
+
+    Inputs are :math:`x = s\,(p - m)` with the per-pixel training mean :math:`m` and one global
+    :math:`s = \sqrt{R / \overline{(p-m)^2}}` (bar: mean over training images and pixels), so that the training
+    inputs have zero mean per component and average per-component second moment exactly :math:`R`.
+    ``n_train`` keeps only the first ``n_train`` training images (statistics included).  Tensors live on
+    ``device``; :meth:`batch` returns ``(B, T, n_features)`` inputs and ``(B,)`` labels.
+    """
+
+    def __init__(self, data: DigitsData, T_pad: int = 0, R: float = 1.0, pixel: bool = False,
+                 n_train: int | None = None, device="cpu"):
+        self.T_pad = _check_int("T_pad", T_pad, 0)
+        self.R = _check_positive("R", R)
+        self.pixel = bool(pixel)
+        x_train, y_train = data.x_train, data.y_train
+        if n_train is not None:
+            n_train = _check_int("n_train", n_train, 1)
+            if n_train > len(y_train):
+                raise DomainError(f"n_train={n_train} exceeds the {len(y_train):,} training images of {data.name}")
+            x_train, y_train = x_train[:n_train], y_train[:n_train]
+        x_train = np.asarray(x_train, dtype=np.float64)
+        self.mean = x_train.mean(axis=0)
+        var = float(((x_train - self.mean) ** 2).mean())
+        if not var > 0:
+            raise DataError(f"{data.name}: the training images are all identical; cannot normalise")
+        self.scale = math.sqrt(self.R / var)
+        self.rows, self.cols = data.rows, data.cols
+        self.image_steps = self.rows * self.cols if self.pixel else self.rows
+        self.n_features = 1 if self.pixel else self.cols
+        self.T = self.image_steps + self.T_pad
+        self.device = torch.device(device)
+        self.x_train = self._normalise(x_train)
+        self.y_train = torch.as_tensor(y_train, dtype=torch.int64, device=self.device)
+        self.x_test = self._normalise(data.x_test)
+        self.y_test = torch.as_tensor(data.y_test, dtype=torch.int64, device=self.device)
+
+    def _normalise(self, images: np.ndarray) -> torch.Tensor:
+        """``(n, image_steps, n_features)`` float32 tensor of :math:`s(p - m)` (no padding)."""
+        x = (np.asarray(images, dtype=np.float64) - self.mean) * self.scale
+        x = x.reshape(len(x), self.image_steps, self.n_features)
+        return torch.as_tensor(x, dtype=torch.float32, device=self.device)
+
+    @property
+    def n_train(self) -> int:
+        return int(self.y_train.numel())
+
+    def sequences(self, x: torch.Tensor) -> torch.Tensor:
+        """Append ``T_pad`` zero steps to normalised images ``(B, image_steps, n_features)``."""
+        if self.T_pad == 0:
+            return x
+        return torch.cat([x, x.new_zeros(x.shape[0], self.T_pad, x.shape[2])], dim=1)
+
+    def batch(self, idx: torch.Tensor, split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs ``(B, T, n_features)`` and labels ``(B,)`` of the images ``idx`` of ``split``."""
+        x, y = (self.x_train, self.y_train) if split == "train" else (self.x_test, self.y_test)
+        idx = idx.to(x.device)
+        return self.sequences(x[idx]), y[idx]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Models and initialisations
+# ---------------------------------------------------------------------------------------------------------------
+
+class SequenceClassifier(nn.Module):
+    """A one-layer recurrent network (``cell`` = ``"vanilla"`` tanh :class:`torch.nn.RNN` or ``"minimal"``
+    :class:`mftrnn.layers.MinimalRNN`, ``batch_first``) and a linear readout of the last hidden state."""
+
+    def __init__(self, cell: str, n_features: int, hidden: int, n_classes: int = N_CLASSES):
+        super().__init__()
+        _check_cell(cell)
+        self.cell = cell
+        if cell == "vanilla":
+            self.rnn = nn.RNN(n_features, hidden, nonlinearity="tanh", batch_first=True)
+        else:
+            from .layers import MinimalRNN
+            self.rnn = MinimalRNN(n_features, hidden, batch_first=True)
+        self.readout = nn.Linear(hidden, n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _, h_n = self.rnn(x)
+        return self.readout(h_n[-1])
+
+
+def _pytorch_default_hyperparameters(n_features: int, hidden: int) -> dict:
+    r"""Mean-field hyperparameters of PyTorch's :class:`torch.nn.RNN` default initialisation.
+
+    Every weight and both biases are :math:`\mathcal U(-a, a)` with :math:`a = 1/\sqrt N`, of variance
+    :math:`a^2/3 = 1/(3N)`.  Matching variances with :math:`W_{ij}\sim\mathcal N(0,\sigma_w^2/N)`,
+    :math:`V_{ij}\sim\mathcal N(0,\sigma_v^2/N_{in})` and :math:`b = b_{ih} + b_{hh}` of variance
+    :math:`\sigma_b^2`: :math:`\sigma_w^2 = 1/3`, :math:`\sigma_v^2 = N_{in}/(3N)`, :math:`\sigma_b^2 = 2/(3N)`.
+    """
+    return dict(sigma_w=math.sqrt(1.0 / 3.0), sigma_v=math.sqrt(n_features / (3.0 * hidden)),
+                sigma_b=math.sqrt(2.0 / (3.0 * hidden)), mu_b=0.0)
+
+
+def _vanilla_params(rnn: nn.RNN) -> types.SimpleNamespace:
+    """``nn.RNN`` layer 0 seen as a :mod:`mftrnn.nn` cell (``weight_hh``, ``weight_ih``, ``bias``)."""
+    return types.SimpleNamespace(weight_hh=rnn.weight_hh_l0, weight_ih=rnn.weight_ih_l0, bias=rnn.bias_ih_l0)
+
+
+def _critical_initialisers():
+    try:
+        from .init import critical_minimal_init_, critical_rnn_init_
+    except ImportError as exc:  # pragma: no cover - only while mftrnn.init is being written
+        raise MftrnnError(f"critical initialisation needs mftrnn.init ({exc})") from None
+    return critical_rnn_init_, critical_minimal_init_
+
+
+_HP_KEYS = ("sigma_w", "sigma_v", "sigma_b", "mu_b")
+
+
+@torch.no_grad()
+def initialise(model: SequenceClassifier, config: "DigitsConfig", T: int,
+               generator: torch.Generator | None = None) -> dict:
+    r"""Initialise ``model.rnn`` as ``config`` says; return the mean-field hyperparameters actually used.
+
+    The returned dict always holds ``sigma_w, sigma_v, sigma_b, mu_b`` and ``R`` -- the second moment of the
+    input the *cell* sees (for the minimalRNN the embedded :math:`z`, :math:`R_z = \sigma_\phi^2 R +
+    \sigma_{\phi b}^2`) -- plus ``orthogonal`` and whatever else the initialiser reports.  ``T`` is the memory
+    length (used by the minimalRNN's timescale initialiser).
+    """
+    init, cell, R = config.init, config.cell, config.R
+    orthogonal = config.weights == "orthogonal"
+    rnn = model.rnn
+    if cell == "vanilla":
+        if init == "default":
+            hp = dict(_pytorch_default_hyperparameters(rnn.input_size, rnn.hidden_size), orthogonal=False,
+                      distribution="uniform (PyTorch default)")
+        elif init == "critical":
+            critical_rnn_init_, _ = _critical_initialisers()
+            info = critical_rnn_init_(rnn, q_star=config.q_star, orthogonal=orthogonal, mu_b=config.mu_b or 0.0,
+                                      sigma_b=config.sigma_b or 0.0, R=R, generator=generator)
+            hp = dict(_jsonable(info), orthogonal=orthogonal)
+        else:
+            from .nn import init_
+            init_(_vanilla_params(rnn), config.sigma_w, config.sigma_v, config.sigma_b, config.mu_b,
+                  orthogonal=orthogonal, generator=generator)
+            rnn.bias_hh_l0.zero_()
+            hp = dict(sigma_w=config.sigma_w, sigma_v=config.sigma_v, sigma_b=config.sigma_b, mu_b=config.mu_b,
+                      orthogonal=orthogonal)
+        hp["R"] = R
+    else:
+        from .layers import init_minimal_rnn_
+        if init == "default":
+            hp = dict(rnn.hyperparameters)  # the layer's own default, drawn at construction
+        elif init == "critical":
+            _, critical_minimal_init_ = _critical_initialisers()
+            info = critical_minimal_init_(rnn, T=T, k=config.k, sigma_w=config.sigma_w, orthogonal=orthogonal,
+                                          R=R, generator=generator)
+            hp = dict(_jsonable(info), orthogonal=orthogonal)
+            hp.update({k: v for k, v in rnn.hyperparameters.items() if k not in hp})
+        else:
+            hp = init_minimal_rnn_(rnn, config.sigma_w, config.sigma_v, config.sigma_b, config.mu_b,
+                                   orthogonal=orthogonal, generator=generator)
+        hp = dict(hp)
+        hp["R"] = hp.get("sigma_phi", 1.0) ** 2 * R + hp.get("sigma_phib", 0.0) ** 2  # of z = Phi x + phi_b
+        hp["R_x"] = R
+    if hp.get("num_layers") == 1:
+        hp.pop("layers", None)  # one layer: the per-layer list repeats the top-level values
+    missing = [k for k in _HP_KEYS if k not in hp]
+    if missing:
+        raise MftrnnError(f"the {init} initialiser of the {cell} cell did not report {missing}")
+    return hp
+
+
+def theory(cell: str, hp: dict) -> dict:
+    r"""Mean-field :math:`q^*, Q^*, \chi, \xi` at the hyperparameters ``hp`` for the input phase (second moment
+    ``hp["R"]``) and the blank phase (:math:`R = 0`); ``None`` entries with an ``"error"`` if a fixed point fails."""
+    from ._fixed_point import fixed_point
+    out = {}
+    for phase, R in (("input", hp["R"]), ("blank", 0.0)):
+        try:
+            fp = fixed_point(cell, **{k: float(hp[k]) for k in _HP_KEYS}, R=float(R))
+            d = fp.to_dict()
+            out[phase] = {k: d[k] for k in ("R", "q_star", "Q_star", "chi", "xi", "chi_q", "multistable")}
+        except MftrnnError as exc:
+            out[phase] = {"R": float(R), "error": _one_line(exc)}
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Configuration and presets
+# ---------------------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class DigitsConfig:
+    """Everything that determines a run's numbers (two runs with equal configs give equal curves on a device).
+
+    ``weights`` is ``None`` for ``init="default"`` (the default initialisers choose their own distribution) and
+    ``"orthogonal"`` or ``"gaussian"`` otherwise.  ``q_star`` is the vanilla critical initialiser's target
+    :math:`q^*`; ``k`` the minimalRNN timescale initialiser's :math:`\\xi/T`; ``sigma_w, sigma_v, sigma_b, mu_b``
+    the explicit hyperparameters of ``off-critical`` (``sigma_w``, if given, is also passed to the minimalRNN's
+    critical initialiser; ``sigma_b``, ``mu_b`` to the vanilla one).
+    """
+
+    dataset: str = "mnist"
+    cell: str = "vanilla"
+    init: str = "critical"
+    weights: str | None = None
+    T_pad: int = 0
+    pixel: bool = False
+    hidden: int = 128
+    steps: int = 1000
+    batch_size: int = 64
+    lr: float = 1e-3
+    clip: float = 1.0
+    eval_every: int = 100
+    n_test: int = 1000
+    n_train: int | None = None
+    R: float = 1.0
+    q_star: float = 0.1
+    k: float = 1.0
+    sigma_w: float | None = None
+    sigma_v: float | None = None
+    sigma_b: float | None = None
+    mu_b: float | None = None
+    seed: int = 0
+    device: str = "cpu"
+
+    def validated(self) -> "DigitsConfig":
+        """A copy with defaults filled in; raises :class:`~mftrnn.DomainError` (or a subclass) on bad values."""
+        if self.dataset not in DATASETS:
+            raise DataError(f"unknown data set {self.dataset!r}; choose one of {', '.join(DATASETS)}")
+        _check_cell(self.cell)
+        if self.init not in INITS:
+            raise DomainError(f"unknown init {self.init!r}; choose one of {', '.join(INITS)}")
+        weights = self.weights
+        if self.init == "default":
+            if weights not in (None, "default"):
+                raise DomainError("weights does not apply to init 'default' (PyTorch's / the layer's own "
+                                  "distribution); leave it out")
+            weights = None
+        elif weights is None:
+            weights = "orthogonal"
+        elif weights not in WEIGHTS:
+            raise DomainError(f"unknown weights {weights!r}; choose one of {', '.join(WEIGHTS)}")
+        for name in ("T_pad",):
+            _check_int(name, getattr(self, name), 0)
+        for name in ("hidden", "steps", "batch_size", "eval_every", "n_test"):
+            _check_int(name, getattr(self, name), 1)
+        if self.n_train is not None:
+            _check_int("n_train", self.n_train, 1)
+        _check_int("seed", self.seed, 0)
+        for name in ("lr", "clip", "R", "q_star", "k"):
+            _check_positive(name, getattr(self, name))
+        hp = {k: getattr(self, k) for k in _HP_KEYS}
+        for name, v in hp.items():
+            if v is not None:
+                v = _check_finite(name, v)
+                if name != "mu_b" and v < 0:
+                    raise DomainError(f"{name} must be >= 0, got {v:g}")
+                hp[name] = v
+        if self.init == "off-critical":
+            if hp["sigma_w"] is None:
+                raise DomainError("init 'off-critical' needs an explicit sigma_w")
+            hp = {"sigma_v": 1.0, "sigma_b": 0.0, "mu_b": 0.0, **{k: v for k, v in hp.items() if v is not None}}
+        elif self.init == "default":
+            given = [k for k, v in hp.items() if v is not None]
+            if given:
+                raise DomainError(f"init 'default' takes no explicit hyperparameters, got {', '.join(given)}")
+        elif self.cell == "minimal":
+            extra = [k for k in ("sigma_v", "sigma_b", "mu_b") if hp[k] is not None]
+            if extra:
+                raise DomainError(f"the minimalRNN critical initialiser chooses {', '.join(extra)} itself; "
+                                  "give only sigma_w (and k)")
+        elif hp["sigma_w"] is not None or hp["sigma_v"] is not None:
+            raise DomainError("the vanilla critical initialiser chooses sigma_w and sigma_v from q_star; "
+                              "give q_star (and optionally sigma_b, mu_b)")
+        if self.device not in ("cpu", "cuda") and not str(self.device).startswith("cuda:"):
+            raise DomainError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
+        return dataclasses.replace(self, weights=weights, **{k: (None if v is None else float(v))
+                                                              for k, v in hp.items()},
+                                   lr=float(self.lr), clip=float(self.clip), R=float(self.R),
+                                   q_star=float(self.q_star), k=float(self.k), pixel=bool(self.pixel))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DigitsConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise DomainError(f"unknown configuration key(s) {sorted(unknown)}")
+        return cls(**d)
+
+    def label(self) -> str:
+        """Short human-readable name, e.g. ``vanilla critical orthogonal`` or ``vanilla off-critical sigma_w=2``."""
+        parts = [self.cell, self.init] + ([self.weights] if self.weights else [])
+        if self.init == "off-critical":
+            parts.append(f"sigma_w={self.sigma_w:.3g}")
+            if self.cell == "minimal" or self.mu_b:
+                parts.append(f"mu_b={self.mu_b:.3g}")
+        return " ".join(parts)
+
+    def filename(self) -> str:
+        """File name of the run's result, e.g. ``vanilla-critical-orthogonal-s0.json``."""
+        parts = [self.cell, self.init] + ([self.weights] if self.weights else [])
+        if self.init == "off-critical":
+            parts.append(f"sw{self.sigma_w:.3g}")
+        return "-".join(parts) + f"-s{self.seed}.json"
+
+
+PRESETS: dict[str, dict] = {
+    # tests: sklearn 8x8 digits, T = 8 + 4, about 0.5 s a run on one core
+    "tiny": dict(dataset="sklearn", T_pad=4, hidden=32, steps=300, batch_size=32, lr=3e-3, eval_every=50,
+                 n_test=300),
+    # the committed runs (book/results/digits): T = 28 + 72 = 100 >> xi of the default initialisations; chosen by
+    # pilot runs (lr 1e-3 made the critical vanilla RNN's curve erratic, 3e-4 and 1e-4 did not)
+    "cpu": dict(dataset="mnist", T_pad=72, hidden=128, steps=2000, batch_size=64, lr=3e-4, clip=1.0,
+                eval_every=100, n_test=2000),
+    # a lent GPU: T = 28 + 272 = 300, a wider network, more steps, the whole test set (not run on a GPU yet)
+    "gpu": dict(dataset="mnist", T_pad=272, hidden=512, steps=10000, batch_size=128, lr=3e-4, clip=1.0,
+                eval_every=250, n_test=10000, device="cuda"),
+}
+"""Preset name -> :class:`DigitsConfig` fields (``cell``, ``init``, ``weights`` and hyperparameters come from the
+command line or from :func:`sweep_configs`)."""
+
+PRESET_SEEDS: dict[str, tuple[int, ...]] = {"tiny": (0,), "cpu": (0, 1), "gpu": (0, 1, 2)}
+"""Seeds of each preset's sweep (:func:`run_sweep`)."""
+
+_IMAGE_SIDE = {"mnist": 28, "sklearn": 8}
+
+OFF_CRITICAL_FACTORS = (0.5, 2.0)
+"""The vanilla sweep's off-critical sigma_w, as multiples of the critical one."""
+
+
+def _critical_hyperparameters(config: DigitsConfig) -> dict:
+    """The hyperparameters the critical initialiser chooses for ``config`` (drawn on a throwaway model)."""
+    cfg = dataclasses.replace(config, init="critical", weights="orthogonal", sigma_w=None, sigma_v=None,
+                              sigma_b=None, mu_b=None).validated()
+    side = _IMAGE_SIDE[cfg.dataset]
+    n_features, image_steps = (1, side * side) if cfg.pixel else (side, side)
+    model = SequenceClassifier(cfg.cell, n_features, cfg.hidden)
+    return initialise(model, cfg, image_steps + cfg.T_pad, torch.Generator().manual_seed(cfg.seed))
+
+
+def sweep_configs(preset: str, seeds: Iterable[int] | None = None, **overrides) -> list[DigitsConfig]:
+    """The configurations of a sweep: for each seed (default :data:`PRESET_SEEDS`),
+
+    * vanilla: ``default``; ``critical`` orthogonal and Gaussian; ``off-critical`` orthogonal with
+      :data:`OFF_CRITICAL_FACTORS` times the critical :math:`\\sigma_w` (the critical :math:`\\sigma_v`, and
+      :math:`\\sigma_b = \\mu_b = 0`);
+    * minimal: ``default``; ``critical`` orthogonal and Gaussian; ``off-critical`` orthogonal with the critical
+      :math:`\\sigma_w, \\sigma_v` but :math:`\\mu_b = 0` (the gate's timescale left at its default).
+    """
+    if preset not in PRESETS:
+        raise DomainError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    base = dict(PRESETS[preset], **overrides)
+    seeds = PRESET_SEEDS[preset] if seeds is None else tuple(seeds)
+    out = []
+    for seed in seeds:
+        for cell in CELLS:
+            cfg = DigitsConfig(**dict(base, cell=cell, seed=seed))
+            crit = _critical_hyperparameters(cfg)
+            out.append(dataclasses.replace(cfg, init="default", weights=None))
+            for w in WEIGHTS:
+                out.append(dataclasses.replace(cfg, init="critical", weights=w))
+            if cell == "vanilla":
+                for f in OFF_CRITICAL_FACTORS:
+                    out.append(dataclasses.replace(cfg, init="off-critical", weights="orthogonal",
+                                                   sigma_w=round(f * crit["sigma_w"], 6),
+                                                   sigma_v=round(crit["sigma_v"], 6), sigma_b=0.0, mu_b=0.0))
+            else:
+                out.append(dataclasses.replace(cfg, init="off-critical", weights="orthogonal",
+                                               sigma_w=round(crit["sigma_w"], 6), sigma_v=round(crit["sigma_v"], 6),
+                                               sigma_b=0.0, mu_b=0.0))
+    return [c.validated() for c in out]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------------------------------------------
+
+def _loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy (a separate function so that tests can inject a failure)."""
+    return F.cross_entropy(logits, labels)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, task: SequentialDigits, idx: torch.Tensor, chunk: int = 1000) -> tuple[float, float]:
+    """Accuracy and mean cross-entropy of ``model`` on the test images ``idx``."""
+    was_training = model.training
+    model.eval()
+    correct, loss_sum = 0, 0.0
+    for start in range(0, len(idx), chunk):
+        x, y = task.batch(idx[start:start + chunk], split="test")
+        logits = model(x)
+        loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
+        correct += int((logits.argmax(dim=1) == y).sum())
+    model.train(was_training)
+    return correct / len(idx), loss_sum / len(idx)
+
+
+def fixed_test_subset(n_test: int, n_available: int) -> torch.Tensor:
+    """The fixed test images of every run: the first ``n_test`` of a permutation drawn with seed 12345."""
+    if n_test > n_available:
+        raise DomainError(f"n_test={n_test} exceeds the {n_available:,} test images")
+    return torch.randperm(n_available, generator=torch.Generator().manual_seed(12345))[:n_test]
+
+
+def default_checkpoint_path(out: str | os.PathLike) -> Path:
+    """``DIR/NAME.json`` -> ``DIR/.NAME.ckpt.pt`` (deleted when the run finishes)."""
+    out = Path(out)
+    return out.with_name("." + out.stem + ".ckpt.pt")
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"cpu: {line.split(':', 1)[1].strip()} ({os.cpu_count()} cores)"
+    except OSError:
+        pass
+    return f"cpu: {platform.processor() or platform.machine()} ({os.cpu_count()} cores)"
+
+
+def _git_state() -> dict:
+    """``{"commit": sha or None, "dirty": bool or None}`` of the repository that holds this package."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                                timeout=20, check=True).stdout.strip()
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                                capture_output=True, text=True, timeout=20, check=True).stdout
+        return {"commit": commit, "dirty": bool(status.strip())}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+
+
+def _utc_now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+
+
+def _write_json_atomic(path: Path, obj: dict) -> None:
+    from .cli import _atomic_write  # temp file + fsync + os.replace, with the umask's permissions
+    text = json.dumps(obj, indent=1, allow_nan=False) + "\n"
+    _atomic_write(str(path), lambda fh: fh.write(text.encode()))
+
+
+def _save_checkpoint(path: Path, state: dict) -> None:
+    from .cli import _atomic_write
+    _atomic_write(str(path), lambda fh: torch.save(state, fh))
+
+
+def load_results(paths) -> list[dict]:
+    """Result dicts from a folder (every ``*.json`` in it, sorted), one file, or a list of files/dicts."""
+    if isinstance(paths, (str, os.PathLike)):
+        p = Path(paths)
+        paths = sorted(p.glob("*.json")) if p.is_dir() else [p]
+    out = []
+    for p in paths:
+        if isinstance(p, dict):
+            out.append(p)
+            continue
+        try:
+            d = json.loads(Path(p).read_text())
+        except (OSError, ValueError) as exc:
+            raise DataError(f"cannot read result file {p}: {exc}") from None
+        if not isinstance(d, dict) or d.get("format") != RESULT_FORMAT:
+            raise DataError(f"{p} is not a seqdigits result (format {RESULT_FORMAT!r})")
+        out.append(d)
+    return out
+
+
+def train(config: DigitsConfig, out: str | os.PathLike, *, data: DigitsData | None = None,
+          data_dir: str | os.PathLike | None = None, download: bool = False,
+          checkpoint: str | os.PathLike | None = None, checkpoint_every_s: float = 60.0,
+          stop_after: int | None = None, force: bool = False, command: str | None = None,
+          log: Callable[[str], None] | None = print) -> dict:
+    r"""Train one configuration and write its JSON result to ``out`` (atomically); return the result dict.
+
+    * If ``out`` already holds a result of the same configuration, it is returned without training (another
+      configuration there is an error unless ``force``).
+    * Checkpoints go to ``checkpoint`` (default :func:`default_checkpoint_path`) at evaluation steps, at most
+      every ``checkpoint_every_s`` seconds of wall time; a present checkpoint of the same configuration is
+      resumed (bit-for-bit the same curve on the same device and thread count); it is deleted when the run ends.
+      The recorded wall time sums the sessions up to their last checkpoint (work lost to an interruption is not
+      counted); ``provenance["sessions"]`` says how many processes the run took.
+    * ``stop_after``: stop (with a checkpoint) once this many steps are done -- for time-sliced runs and tests;
+      the returned dict then has ``"status": "interrupted"`` and no result file is written.
+    * A non-finite loss or gradient norm writes a result with ``"status": "diverged"`` and raises
+      :class:`~mftrnn.ConvergenceError`.
+    ``data`` (a :class:`DigitsData`) replaces loading ``config.dataset``; ``log`` receives progress lines.
+    """
+    config = config.validated()
+    log = log or (lambda s: None)
+    out = Path(out)
+    if out.suffix != ".json":
+        raise DomainError(f"result file {str(out)!r} must end in .json")
+    if not out.parent.is_dir():
+        raise DomainError(f"folder {str(out.parent)!r} of the result file does not exist")
+    if out.exists() and not force:
+        existing = load_results([out])[0]
+        if existing.get("config") == config.to_dict():
+            log(f"{out}: already done ({existing.get('status')}), not rerun")
+            return existing
+        raise MftrnnError(f"{out} holds a run with a different configuration; choose another output "
+                          f"or pass --force to overwrite it")
+    ckpt = Path(checkpoint) if checkpoint is not None else default_checkpoint_path(out)
+    device = torch.device(config.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DomainError("device 'cuda' requested but torch.cuda.is_available() is False")
+    if stop_after is not None:
+        stop_after = _check_int("stop_after", stop_after, 0)
+
+    if data is None:
+        data = load_dataset(config.dataset, data_dir=data_dir, download=download)
+    task = SequentialDigits(data, config.T_pad, config.R, config.pixel, config.n_train, device=device)
+    test_idx = fixed_test_subset(config.n_test, len(data.y_test))
+
+    torch.manual_seed(config.seed)  # PyTorch's default initialisation (nn.RNN, the readout) draws from it
+    model = SequenceClassifier(config.cell, task.n_features, config.hidden)
+    hp = initialise(model, config, task.T, torch.Generator().manual_seed(config.seed))
+    model.to(device)
+    params = [p for p in model.parameters()]
+    opt = torch.optim.Adam(params, lr=config.lr)
+    batch_gen = torch.Generator().manual_seed(config.seed + 1_000_003)
+
+    step, curve, elapsed, run_sum, run_n, sessions = 0, [], 0.0, 0.0, 0, 0
+    started = _utc_now()
+    if ckpt.exists():
+        try:
+            st = torch.load(ckpt, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise DataError(f"cannot read checkpoint {ckpt}: {_one_line(exc)}; delete it to start afresh") from None
+        if st.get("config") != config.to_dict():
+            raise MftrnnError(f"checkpoint {ckpt} belongs to another configuration; delete it or choose "
+                              "another output")
+        model.load_state_dict(st["model"])
+        opt.load_state_dict(st["optimizer"])
+        batch_gen.set_state(st["batch_rng"])
+        torch.set_rng_state(st["torch_rng"])
+        step, curve, elapsed = int(st["step"]), list(st["curve"]), float(st["elapsed_s"])
+        run_sum, run_n, sessions, started = float(st["run_sum"]), int(st["run_n"]), int(st["sessions"]), st["started"]
+        hp = st["hyperparameters"]
+        log(f"{out.name}: resuming at step {step}/{config.steps} from {ckpt}")
+    sessions += 1
+    th = theory(config.cell, hp)
+    t0 = time.perf_counter()
+    last_ckpt = t0
+
+    def wall() -> float:
+        return elapsed + (time.perf_counter() - t0)
+
+    def snapshot() -> dict:
+        return {"config": config.to_dict(), "step": step, "model": model.state_dict(),
+                "optimizer": opt.state_dict(), "batch_rng": batch_gen.get_state(),
+                "torch_rng": torch.get_rng_state(), "curve": curve, "elapsed_s": wall(), "run_sum": run_sum,
+                "run_n": run_n, "sessions": sessions, "started": started, "hyperparameters": hp}
+
+    def result(status: str, diverged: dict | None = None) -> dict:
+        final = curve[-1] if curve else None
+        return {
+            "format": RESULT_FORMAT, "name": out.stem, "label": config.label(), "status": status,
+            "config": config.to_dict(), "hyperparameters": _jsonable(hp), "theory": th,
+            "task": {"dataset": data.name, "rows": task.rows, "cols": task.cols, "image_steps": task.image_steps,
+                     "n_features": task.n_features, "T": task.T, "n_train": task.n_train,
+                     "n_test": config.n_test, "input_scale": task.scale,
+                     "normalisation": "x = s (p - m): per-pixel training mean m, one global s with mean x^2 = R"},
+            "final": final, "diverged": diverged, "curve": curve,
+            "provenance": {
+                "command": command if command is not None else shlex.join([Path(sys.argv[0]).name] + sys.argv[1:]),
+                **_git_state(), "device": _device_name(device), "torch": torch.__version__,
+                "python": platform.python_version(), "threads": torch.get_num_threads(),
+                "started": started, "finished": _utc_now(), "wall_time_s": round(wall(), 3),
+                "sessions": sessions, "data": data.sources,
+            },
+        }
+
+    def diverge(message: str):
+        res = result("diverged", {"step": step, "message": message})
+        _write_json_atomic(out, res)
+        ckpt.unlink(missing_ok=True)
+        raise ConvergenceError(f"{config.label()}: training diverged at step {step}: {message}; "
+                               f"result written to {out} with status 'diverged'")
+
+    if step == 0 and not curve:
+        acc, tl = evaluate(model, task, test_idx)
+        curve.append({"step": 0, "test_accuracy": acc, "test_loss": tl, "train_loss": None,
+                      "wall_s": round(wall(), 3)})
+        log(f"{out.name}: step 0 test acc {acc:.4f} loss {tl:.4f}")
+    model.train()
+    while step < config.steps:
+        if stop_after is not None and step >= stop_after:
+            _save_checkpoint(ckpt, snapshot())
+            log(f"{out.name}: stopped at step {step} (stop_after); checkpoint {ckpt}")
+            return {"status": "interrupted", "step": step, "curve": curve, "checkpoint": str(ckpt)}
+        idx = torch.randint(task.n_train, (config.batch_size,), generator=batch_gen)
+        x, y = task.batch(idx)
+        loss = _loss(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gnorm = float(torch.nn.utils.clip_grad_norm_(params, config.clip))
+        lv = float(loss.detach())
+        if not math.isfinite(lv):
+            diverge(f"training loss is {lv}")
+        if not math.isfinite(gnorm):
+            diverge(f"gradient norm is {gnorm} (loss {lv:.4g})")
+        opt.step()
+        step += 1
+        run_sum += lv
+        run_n += 1
+        if step % config.eval_every == 0 or step == config.steps:
+            acc, tl = evaluate(model, task, test_idx)
+            if not math.isfinite(tl):
+                diverge(f"test loss is {tl}")
+            curve.append({"step": step, "test_accuracy": acc, "test_loss": tl, "train_loss": run_sum / run_n,
+                          "wall_s": round(wall(), 3)})
+            run_sum, run_n = 0.0, 0
+            log(f"{out.name}: step {step}/{config.steps} train loss {curve[-1]['train_loss']:.4f} "
+                f"test acc {acc:.4f} loss {tl:.4f} ({wall():.0f} s)")
+            if step < config.steps and time.perf_counter() - last_ckpt >= checkpoint_every_s:
+                _save_checkpoint(ckpt, snapshot())
+                last_ckpt = time.perf_counter()
+    res = result("finished")
+    _write_json_atomic(out, res)
+    ckpt.unlink(missing_ok=True)
+    log(f"{out.name}: finished, final test accuracy {res['final']['test_accuracy']:.4f} "
+        f"in {res['provenance']['wall_time_s']:.0f} s")
+    return res
+
+
+def run_sweep(preset: str, out_dir: str | os.PathLike, *, seeds: Iterable[int] | None = None, data_dir=None,
+              download: bool = False, command: str | None = None, log: Callable[[str], None] | None = print,
+              **overrides) -> list[dict]:
+    """Run (or resume, or skip when done) every configuration of :func:`sweep_configs` into ``out_dir``.
+
+    A diverging run is recorded (status ``"diverged"``) and the sweep goes on.  Returns the result dicts.
+    """
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        raise DomainError(f"output folder {str(out_dir)!r} does not exist")
+    configs = sweep_configs(preset, seeds=seeds, **overrides)
+    data = load_dataset(configs[0].dataset, data_dir=data_dir, download=download)
+    results = []
+    for cfg in configs:
+        try:
+            results.append(train(cfg, out_dir / cfg.filename(), data=data, command=command, log=log))
+        except ConvergenceError as exc:
+            if log:
+                log(f"mftrnn: {_one_line(exc)}")
+            results.extend(load_results([out_dir / cfg.filename()]))
+    return results
+
+
+def steps_to_accuracy(result: dict, threshold: float) -> int | None:
+    """The first evaluated step at which the test accuracy reaches ``threshold`` (``None`` if it never does)."""
+    for p in result["curve"]:
+        if p["test_accuracy"] >= threshold:
+            return int(p["step"])
+    return None
+
+
+def summary(results, thresholds: Iterable[float] = (0.5, 0.8)) -> list[dict]:
+    """One row per result (folder, files or dicts as for :func:`load_results`): ``label``, ``seed``, ``status``,
+    ``final_accuracy``, ``best_accuracy``, ``steps_to_<threshold>`` (:func:`steps_to_accuracy`), ``chi_input``,
+    ``chi_blank``, ``wall_time_s``."""
+    rows = []
+    for r in load_results(results):
+        row = {"label": r["label"], "seed": r["config"]["seed"], "status": r["status"],
+               "final_accuracy": r["curve"][-1]["test_accuracy"],
+               "best_accuracy": max(p["test_accuracy"] for p in r["curve"])}
+        for t in thresholds:
+            row[f"steps_to_{t:g}"] = steps_to_accuracy(r, t)
+        row["chi_input"] = r["theory"]["input"].get("chi")
+        row["chi_blank"] = r["theory"]["blank"].get("chi")
+        row["wall_time_s"] = r["provenance"]["wall_time_s"]
+        rows.append(row)
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Plotting
+# ---------------------------------------------------------------------------------------------------------------
+
+_STYLE = {"default": ("tab:gray", "-"), "critical": ("tab:blue", "-"), "off-critical": ("tab:red", "-")}
+
+
+def plot_curves(results, ax=None, metric: str = "test_accuracy", chance: bool = True):
+    """Plot ``metric`` (``test_accuracy``, ``test_loss`` or ``train_loss``) against training step, one line per
+    result (a folder, files or dicts as for :func:`load_results`); returns the axes.
+
+    Colours by initialisation (grey and wide: default, blue: critical, red: off-critical), dashed for Gaussian
+    weights; off-critical runs are told apart by the marker.  Runs of the same configuration (seeds) share one
+    legend entry.  A dotted line marks chance accuracy (1/10).
+    """
+    import matplotlib.pyplot as plt
+
+    results = load_results(results)
+    if metric not in ("test_accuracy", "test_loss", "train_loss"):
+        raise DomainError(f"unknown metric {metric!r}")
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 4))
+    markers, seen = {}, set()
+    for r in results:
+        cfg = r["config"]
+        color, ls = _STYLE.get(cfg["init"], ("k", "-"))
+        if cfg.get("weights") == "gaussian":
+            ls = "--"
+        pts = [(p["step"], p[metric]) for p in r["curve"] if p.get(metric) is not None]
+        if not pts:
+            continue
+        steps, vals = zip(*pts)
+        label = r.get("label") or DigitsConfig.from_dict(cfg).label()
+        marker = markers.setdefault(label, "ov^sD"[len(markers) % 5]) if cfg["init"] == "off-critical" else None
+        shown = label + (" (diverged)" if r.get("status") == "diverged" else "")
+        ax.plot(steps, vals, color=color, ls=ls, marker=marker, markevery=max(1, len(steps) // 8), ms=4,
+                lw=3 if cfg["init"] == "default" else 1.5, alpha=0.6 if cfg["init"] == "default" else 1.0,
+                label="_nolegend_" if shown in seen else shown)
+        seen.add(shown)
+    if chance and metric == "test_accuracy":
+        ax.axhline(1.0 / N_CLASSES, color="k", lw=0.8, ls=":", label="chance")
+    ax.set_xlabel("training step")
+    ax.set_ylabel(metric.replace("_", " "))
+    ax.legend(fontsize="small")
+    return ax
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Small helpers
+# ---------------------------------------------------------------------------------------------------------------
+
+def _check_cell(cell: str) -> None:
+    if cell not in CELLS:
+        raise UnknownCellError(f"unknown cell {cell!r} for the digits task; choose one of {', '.join(CELLS)}")
+
+
+def _check_int(name: str, value, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise DomainError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _check_finite(name: str, value) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise DomainError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(v):
+        raise DomainError(f"{name} must be finite, got {value!r}")
+    return v
+
+
+def _check_positive(name: str, value) -> float:
+    v = _check_finite(name, value)
+    if v <= 0:
+        raise DomainError(f"{name} must be > 0, got {v:g}")
+    return v
+
+
+def _jsonable(obj):
+    """``obj`` with NumPy/torch scalars turned into Python numbers (non-finite floats become ``None``)."""
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, torch.Tensor) and obj.numel() == 1:
+        obj = obj.item()
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, bool) or obj is None or isinstance(obj, (int, str)):
+        return obj
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    return str(obj)
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
