@@ -14,6 +14,8 @@ Public API (re-exported from private modules, one concept each):
   :class:`DataError`.
 
 Critical initialisation: :mod:`mftrnn.critical` (theory, re-exported) and :mod:`mftrnn.init` (PyTorch initialisers).
+Jacobian spectra by free probability: :mod:`mftrnn.free` (S-transforms, inversion to densities) and
+:mod:`mftrnn.spectrum` (:func:`spectral_density` of the T-step Jacobian, re-exported).
 PyTorch cells live in :mod:`mftrnn.nn`, the finite-width simulator in :mod:`mftrnn.simulate`, the command line in
 :mod:`mftrnn.cli`.
 """
@@ -29,6 +31,8 @@ from .jacobian import (CoefficientLaw, StepJacobian, coefficient_law, coefficien
 
 from .critical import (minimal_critical_mu_b, minimal_critical_sigma_w, minimal_for_timescale, vanilla_critical,
                        vanilla_critical_line, vanilla_min_q_star)
+from . import free
+from .spectrum import SpectralLaw, spectral_density, spectral_grid, spectral_law
 
 __version__ = "0.1.0"
 
@@ -42,4 +46,5 @@ __all__ = [
     "step_moments", "product_moments", "isometry", "state_moments",
     "vanilla_critical", "vanilla_critical_line", "vanilla_min_q_star", "minimal_critical_mu_b",
     "minimal_critical_sigma_w", "minimal_for_timescale",
+    "free", "SpectralLaw", "spectral_density", "spectral_grid", "spectral_law",
 ]
