@@ -18,11 +18,11 @@ import json
 import math
 import os
 import sys
-import tempfile
 from typing import Sequence
 
 import numpy as np
 
+from ._io import atomic_write
 from .phase_diagram import compute_grid, plot_phase_diagram
 
 from ._fixed_point import DEFAULTS, NONNEGATIVE  # one source for defaults and domains
@@ -196,23 +196,7 @@ def _check_output(path: str) -> tuple[str, str]:
 
 def _atomic_write(path: str, write) -> None:
     """Call ``write(fileobj)`` on a temporary file next to ``path`` and rename it onto ``path``."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    atomic_write(path, write)
 
 
 # ------------------------------------------------------------------------------ fixed-point

@@ -37,7 +37,6 @@ import hashlib
 import io
 import numbers
 import os
-import tempfile
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
@@ -47,6 +46,7 @@ from typing import Iterator
 import torch
 
 from ._errors import DataError
+from ._io import atomic_write
 
 __all__ = [
     "DataError",
@@ -213,8 +213,8 @@ def _verify(data: bytes, expected: str, what: str, hint: str = _HINT_FILE) -> No
                         f"({len(data):,} bytes uncompressed); {hint}")
 
 
-def _read_verified(path: Path, expected: str) -> str:
-    """Content of ``path`` (gunzipped if it ends in ``.gz``), verified against ``expected``, as text."""
+def _read_bytes_verified(path: Path, expected: str) -> bytes:
+    """Content of ``path`` (gunzipped if it ends in ``.gz``), verified against the sha256 ``expected``."""
     try:
         raw = path.read_bytes()
     except OSError as exc:
@@ -226,6 +226,12 @@ def _read_verified(path: Path, expected: str) -> str:
             raise DataError(f"cannot decompress {path} (corrupt or truncated gzip file; "
                             f"expected sha256 {expected} of the content): {exc}") from None
     _verify(raw, expected, str(path))
+    return raw
+
+
+def _read_verified(path: Path, expected: str) -> str:
+    """Content of ``path`` (gunzipped if it ends in ``.gz``), verified against ``expected``, as text."""
+    raw = _read_bytes_verified(path, expected)
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -244,19 +250,7 @@ def _fetch(url: str) -> bytes:
 
 def _write_atomic(data: bytes, dest: Path) -> None:
     """Write ``data`` to a temporary file beside ``dest``, then ``os.replace`` it into place."""
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    atomic_write(dest, lambda fh: fh.write(data))
 
 
 def _download(name: str, filename: str, folder: Path) -> Path:

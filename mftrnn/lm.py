@@ -71,7 +71,6 @@ import platform
 import shlex
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,6 +81,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ._errors import ConvergenceError, DataError, MftrnnError
+from ._io import atomic_write
 from .data import SPLITS, Corpus, batchify, bptt_batches, build_vocab, load_corpus, tokenize
 from .layers import MinimalRNN, init_minimal_rnn_
 
@@ -659,23 +659,7 @@ def provenance(device: torch.device | str = "cpu", command: str | None = None) -
 
 def _write_atomic(path: Path, write: Callable) -> None:
     """``write(fileobj)`` into a temporary file beside ``path``, then ``os.replace`` it onto ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    atomic_write(path, write)
 
 
 def _write_json(path: Path, obj: dict) -> None:

@@ -82,6 +82,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ._io import atomic_write
 from . import data as _data
 from ._errors import ConvergenceError, DataError, DomainError, MftrnnError, UnknownCellError
 
@@ -198,18 +199,7 @@ def write_idx(array) -> bytes:
 
 def _read_bytes_verified(path: Path, expected: str) -> bytes:
     """Content of ``path`` (gunzipped if it ends in ``.gz``), verified against the sha256 ``expected``."""
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise DataError(f"cannot read {path}: {exc}") from None
-    if path.suffix == ".gz":
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError) as exc:
-            raise DataError(f"cannot decompress {path} (corrupt or truncated gzip file; "
-                            f"expected sha256 {expected} of the content): {exc}") from None
-    _data._verify(raw, expected, str(path))
-    return raw
+    return _data._read_bytes_verified(path, expected)
 
 
 def _mnist_missing_message(missing: list[str], folder: Path, candidates: list[Path]) -> str:
@@ -792,14 +782,12 @@ def _utc_now() -> str:
 
 
 def _write_json_atomic(path: Path, obj: dict) -> None:
-    from .cli import _atomic_write  # temp file + fsync + os.replace, with the umask's permissions
     text = json.dumps(obj, indent=1, allow_nan=False) + "\n"
-    _atomic_write(str(path), lambda fh: fh.write(text.encode()))
+    atomic_write(path, lambda fh: fh.write(text.encode()))
 
 
 def _save_checkpoint(path: Path, state: dict) -> None:
-    from .cli import _atomic_write
-    _atomic_write(str(path), lambda fh: torch.save(state, fh))
+    atomic_write(path, lambda fh: torch.save(state, fh))
 
 
 def load_results(paths) -> list[dict]:
