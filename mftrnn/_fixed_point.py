@@ -126,9 +126,12 @@ def _solve(g_dg, lo, hi, x0, what, rtol=_RTOL, floor=1e-300):
         with np.errstate(all="ignore"):
             newton = x[act] - g / dg
         ok = np.isfinite(newton) & (newton >= lo[act]) & (newton <= hi[act])
-        new = np.where(ok, newton, 0.5 * (lo[act] + hi[act]))
-        step = np.abs(new - x[act])
-        conv = (g == 0) | (ok & (step <= rtol * scale)) | (hi[act] - lo[act] <= rtol * scale)
+        small = ok & (np.abs(newton - x[act]) <= rtol * scale)
+        # a Newton step onto an end of the bracket (already evaluated) can only cycle: where g is rounding noise
+        # (|g| a few ulps of x near chi_q = 1) Newton jumps back and forth between the two ends; bisect instead
+        inside = ok & (newton > lo[act]) & (newton < hi[act])
+        new = np.where(small | inside, newton, 0.5 * (lo[act] + hi[act]))
+        conv = (g == 0) | small | (hi[act] - lo[act] <= rtol * scale)
         x[act] = np.where(g == 0, x[act], new)
         done[act] = conv
     bad = np.count_nonzero(~done)

@@ -228,3 +228,26 @@ def test_multistable_variance_map_returns_least_fixed_point_and_flags_it():
     typical = mf.fixed_point("minimal", sigma_w=np.linspace(0.1, 3, 20), mu_b=np.linspace(-4, 6, 20))
     assert not typical.multistable.any()
     assert mf.fixed_point("vanilla", sigma_w=2.0).to_dict()["multistable"] is False
+
+
+def test_newton_that_cycles_between_bracket_ends_falls_back_to_bisection():
+    # g is +-1 on either side of the root 0.5 with a slope that sends Newton from 0.4 to 0.6 and back: a 2-cycle
+    # on the bracket's ends (what rounding noise in g does near chi_q = 1). The solver must bisect instead.
+    from mftrnn._fixed_point import _solve
+
+    def g_dg(x, act):
+        return np.where(x < 0.5, 1.0, -1.0), np.full(x.shape, -5.0)
+
+    x, _ = _solve(g_dg, np.array([0.0]), np.array([1.0]), np.array([0.4]), "test", rtol=1e-12)
+    assert x[0] == pytest.approx(0.5, abs=1e-11)
+
+
+@pytest.mark.parametrize("sw", [1.0001722351153695, 1.00001, 1.001])
+def test_vanilla_fixed_point_just_above_the_transition(sw):
+    # no input, no bias: Q* is small and g = F(Q) - Q near the root is a few ulps of Q* (1 - chi_q ~ sw^2 - 1);
+    # sigma_w = 1.0001722... made Newton cycle between two points 7e-12 apart (regression). The small-q
+    # expansion E[tanh^2] = q - 2 q^2 + O(q^3) gives Q* = (sw^2 - 1) / (2 sw^4) to relative O(sw^2 - 1).
+    fp = mf.fixed_point("vanilla", sigma_w=sw, sigma_v=0.0, sigma_b=0.0)
+    d = sw ** 2 - 1
+    assert float(fp.Q_star) == pytest.approx(d / (2 * sw ** 4), rel=3 * d)
+    assert float(fp.chi) > 1 - 2 * d
