@@ -16,24 +16,12 @@ import mftrnn
 import mftrnn.phase_diagram
 from mftrnn.cli import main
 
+from _cli import assert_one_line_error, run_cli
+
 REPO = Path(__file__).resolve().parents[1]
 REQUIRED_KEYS = {"q_star", "Q_star", "chi", "chi_q", "xi"}
 CORRELATION_KEYS = {"C_star", "c_star", "chi_c", "xi_c"}
 
-
-def run_cli(capsys, *argv):
-    rc = main(list(argv))
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def assert_one_line_error(rc, out, err):
-    assert rc != 0
-    assert "Traceback" not in err and "Traceback" not in out
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("mftrnn: error: "), err
-    assert "nan" not in out.lower()
 
 
 def close(a, b, rtol=1e-12):

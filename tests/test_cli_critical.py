@@ -1,6 +1,7 @@
 """``mftrnn critical``: JSON output equals the library's, text output, one-line errors."""
 from __future__ import annotations
 
+import functools
 import json
 import math
 import subprocess
@@ -10,23 +11,12 @@ from pathlib import Path
 import pytest
 
 import mftrnn as mf
-from mftrnn.cli import main
+
+from _cli import assert_one_line_error as _one_line_error, run_cli
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def run_cli(capsys, *argv):
-    rc = main(list(argv))
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def assert_one_line_error(rc, out, err):
-    assert rc != 0
-    assert "Traceback" not in err and out == ""
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("mftrnn: error: "), err
+# a refused `critical` call prints nothing on stdout
+assert_one_line_error = functools.partial(_one_line_error, empty_stdout=True)
 
 
 def _same(cli, lib):

@@ -14,21 +14,10 @@ import pytest
 import mftrnn
 from mftrnn.cli import main
 
+from _cli import assert_one_line_error, run_cli
+
 REPO = Path(__file__).resolve().parents[1]
 
-
-def run_cli(capsys, *argv):
-    rc = main(list(argv))
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def assert_one_line_error(rc, out, err):
-    assert rc != 0
-    assert "Traceback" not in err and "Traceback" not in out
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("mftrnn: error: "), err
 
 
 @pytest.mark.parametrize("cell,params,T,orthogonal", [
