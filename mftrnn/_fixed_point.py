@@ -304,12 +304,18 @@ def _solve_C(cell, Qstar, chi, hp):
     if todo.size:
         sub = [v[todo] for v in hv]
 
-        def g_dg(x, act):
-            G, dG = _evaluate(fC, x, Qstar[todo][act], zeros[act], *[v[act] for v in sub])
-            return G - x, dG - 1.0
+        def g_dg(rule):
+            def f(x, act):
+                G, dG = _evaluate(fC, x, Qstar[todo][act], zeros[act], *[v[act] for v in sub], rule=rule)
+                return G - x, dG - 1.0
+            return f
 
-        Cstar[todo], _ = _solve(g_dg, -Qstar[todo], hi[todo], 0.5 * hi[todo], "covariance map",
-                                floor=Qstar[todo])
+        # Newton on the cheap rule to ~1e-4, then on the fine rule from there (two or three steps) over the same
+        # bracket: the coarse root only saves the expensive bivariate evaluations, the fine solve decides
+        lo_c, hi_c = -Qstar[todo], hi[todo]
+        x0, _ = _solve(g_dg("coarse"), lo_c, hi_c, 0.5 * hi_c, "covariance map (coarse)", rtol=1e-4,
+                       floor=Qstar[todo])
+        Cstar[todo], _ = _solve(g_dg("fine"), lo_c, hi_c, x0, "covariance map", floor=Qstar[todo])
     _, chi_c = _evaluate(fC, Cstar, Qstar, zeros, *hv)
     return Cstar, chi_c
 

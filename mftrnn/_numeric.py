@@ -170,7 +170,7 @@ class Compiled:
                 if kind is E:
                     vals = expect_numeric(integrands, moments[0], moments[1], d, rule)
                 else:
-                    vals = expect2_numeric(integrands, *moments, d)
+                    vals = expect2_numeric(integrands, *moments, d, rule)
                 new.extend(vals)
             env = env + new
         out = self.final(*env)

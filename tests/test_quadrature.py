@@ -85,6 +85,27 @@ def test_bivariate_expectations_match_nested_adaptive_quadrature(kind, mu, qa, q
     assert abs(got - ref) <= 1e-8 * max(abs(ref), 1e-3), (got, ref)
 
 
+@pytest.mark.parametrize("kind", ["tanh", "sigmoid"])
+def test_bivariate_coarse_rule(kind):
+    """The covariance solve iterates on the cheap bivariate rule (float32) before the fine one decides: like the
+    univariate coarse rule it must give products f(e_a) f(e_b) to ~1e-5 and the slopes' f'(e_a) f'(e_b) to ~1e-4
+    (relative to max(|E|, 1e-3)). Measured worst cases over this grid: 9.6e-7 and 8.9e-6."""
+    from mftrnn import expect2, sigmoid
+    from mftrnn._gaussian import EPS_A, EPS_B
+
+    f = sp.tanh if kind == "tanh" else sigmoid
+    maps, slopes = [], []
+    for mu, qa, qb, c in itertools.product([-10, -3, 0, 1.5, 6, 10], [0.01, 1, 4, 20, 100], [0.5, 9, 100],
+                                           [-0.6, 0, 0.3, 0.95, 0.999, 1.0]):
+        args = (EPS_A, EPS_B, mu, mu, qa, qb, c * np.sqrt(qa * qb))
+        maps.append(expect2(f(EPS_A) * f(EPS_B), *args))
+        slopes.append(expect2(f(EPS_A).diff(EPS_A) * f(EPS_B).diff(EPS_B), *args))
+    for exprs, rtol in ((maps, 1e-5), (slopes, 1e-4)):
+        fn = Compiled(exprs, [])
+        fine, coarse = np.array(fn()), np.array(fn(rule="coarse"))
+        assert np.max(np.abs(coarse - fine) / np.maximum(np.abs(fine), 1e-3)) <= rtol
+
+
 @pytest.mark.parametrize("rule", sorted(Qd.RULES))
 @pytest.mark.parametrize("d", [0.5, np.pi / 2, np.pi, np.inf])
 def test_node_counts_from_thresholds_match_error_model(rule, d):
