@@ -23,7 +23,6 @@ REQUIRED_KEYS = {"q_star", "Q_star", "chi", "chi_q", "xi"}
 CORRELATION_KEYS = {"C_star", "c_star", "chi_c", "xi_c"}
 
 
-
 def close(a, b, rtol=1e-12):
     if a is None or b is None:
         return a is None and b is None

@@ -19,7 +19,6 @@ from _cli import assert_one_line_error, run_cli
 REPO = Path(__file__).resolve().parents[1]
 
 
-
 @pytest.mark.parametrize("cell,params,T,orthogonal", [
     ("minimal", {"sigma_w": 2.0, "mu_b": 1.0}, 5, False),
     ("minimal", {"sigma_w": 1.5, "sigma_v": 0.5, "sigma_b": 0.3, "mu_b": 3.0, "R": 0.7}, 1, True),
