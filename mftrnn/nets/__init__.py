@@ -1,0 +1,1 @@
+"""Finite networks: PyTorch modules derived from a cell description, and finite-width simulators."""

@@ -1,0 +1,1 @@
+"""Mean-field theory (SymPy -> NumPy; never imports torch)."""
