@@ -23,6 +23,7 @@ import sympy as sp
 
 from ._errors import UnknownCellError
 from ._gaussian import sigmoid
+from .cells.gated import GRU, GRU_RESET_BEFORE, LSTM, LSTM_PEEPHOLE, GatedCell
 
 __all__ = ["Cell", "Preactivation", "get_cell", "register_cell", "CELLS", "HYPER", "sigma_w", "sigma_v",
            "sigma_b", "mu_b", "R", "Sigma"]
@@ -102,12 +103,14 @@ def register_cell(cell: Cell) -> Cell:
 
 register_cell(VANILLA)
 register_cell(MINIMAL)
+for _gated in (LSTM, GRU, LSTM_PEEPHOLE, GRU_RESET_BEFORE):
+    register_cell(_gated)
 CELLS = tuple(_REGISTRY)
 
 
 def get_cell(cell) -> Cell:
     """Return the registered :class:`Cell` called ``cell`` (a :class:`Cell` is returned unchanged)."""
-    if isinstance(cell, Cell):
+    if isinstance(cell, (Cell, GatedCell)):
         return cell
     try:
         return _REGISTRY[cell]

@@ -1,0 +1,667 @@
+r"""Untied mean field of gated cells with several states (LSTM, GRU and variants), derived from their description.
+
+Assumptions (the untied mean field; exact for networks whose weights and biases are redrawn at every step, as
+:math:`N\to\infty`):
+
+1. every field :math:`e_k = W_k y_k + V_k x + b_k` is Gaussian over units, :math:`\mathcal N(\mu_k, q_k)` with
+   :math:`\mu_k = \mu_{b,K}` (0 without bias) and
+   :math:`q_k = \sigma_{w,K}^2\,\overline{y_k^2} + \sigma_{v,K}^2 R + \sigma_{b,K}^2` (terms the field lacks dropped);
+   different fields are independent, and independent of the previous states of the same unit;
+2. inputs are i.i.d. over time with mean 0 and second moment :math:`R` (Gaussian where a law is needed).
+
+What is derived from the cell's update expressions (by SymPy):
+
+* the **carried** state :math:`s` (the one state whose previous value appears outside the fields, e.g. the LSTM's
+  :math:`c`, the GRU's :math:`h`); its update must be affine in it, :math:`s_t = A(e)\,s + B(e, x)`;
+* **readouts** (the other states): :math:`h_t = G(e)\,g(s_t)` with :math:`g = \tanh` or the identity;
+* the state the fields read (:math:`y_k = \alpha_k(e)\,s_{\rm read}`), whose second moment :math:`Q` sets every
+  :math:`q_k`.
+
+Two closures follow. **Closed** cells (the fields read the carried state, or a state linear in it: the GRU, the
+reset-before GRU, the LSTM whose gates read :math:`c`, the minimalRNN, the vanilla RNN with no carried state):
+first and second moments close, :math:`Q_t = \mathbb E[A^2]Q + 2\mathbb E[AB]M + \mathbb E[B^2]`,
+:math:`M_t = \mathbb E[A]M + \mathbb E[B]`. **Law** cells (the fields read a nonlinear readout of the carried
+state: ``torch.nn.LSTM``, whose gates read :math:`h = o\tanh(c)`): :math:`\overline{h^2} = \mathbb E[G^2]\,
+\mathbb E_\pi[g(c)^2]` needs the law :math:`\pi` of :math:`c`, which is not Gaussian; it is the stationary law of the
+random affine recursion, computed exactly (to the stated 1e-9) by :mod:`mftrnn.theory.perpetuity`. A Gaussian
+closure (:math:`c\sim\mathcal N(M, Q_c - M^2)`) is offered as an approximation, labelled as one.
+
+:math:`\chi`: the growth per step of the second moment of an infinitesimal perturbation of the whole state under
+identical inputs (both copies share the weights and inputs of every step). In the untied mean field a
+perturbation :math:`\delta y_k` of what field :math:`k` reads perturbs it by
+:math:`\delta e_k \sim \mathcal N(0, \sigma_{w,K}^2\,\overline{\delta y_k^2})`, independent of everything else, so
+for closed cells :math:`D_t = \chi D_{t-1}` with
+
+.. math:: \chi = \mathbb E[A^2] + \sum_k \sigma_{w,K}^2\,\rho_k\,\mathbb E\bigl[(\partial_k A\,s + \partial_k B)^2\bigr],
+
+:math:`\rho_k = \overline{\delta y_k^2}/D`. For law cells the perturbation of :math:`c` is correlated with
+:math:`c` itself (:math:`\mathbb E[\tanh'(c)^2\delta c^2]` is needed), so the perturbation is carried as the measure
+:math:`w(dc) = \mathbb E[\delta c^2;\,c\in dc]` (its Fourier transform on the same grid) together with
+:math:`\overline{\delta h^2}`; :math:`\chi` is the leading eigenvalue of that linear map. :math:`\xi=-1/\ln\chi`.
+
+:math:`\chi_q` (closed cells): the slope of the variance map :math:`dQ_t/dQ_{t-1}` at :math:`Q^*` (means at their
+fixed point), by Richardson-extrapolated central differences (error ~1e-10).
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+
+import numpy as np
+import sympy as sp
+from scipy.optimize import brentq
+
+from .._errors import ConvergenceError, DomainError, MftrnnError
+from .._numeric import NUMPY_MODULES, strip_half_width
+from ..cells.gated import GatedCell, gate_hyperparameters
+from .field_integrals import FieldIntegral, gaussian_nodes
+from .perpetuity import chebyshev_grid, sech2_transform, sech4_transform, solve_characteristic
+
+__all__ = ["GatedFixedPoint", "gated_fixed_point", "analyse", "Structure", "stationary_law"]
+
+_M_GRIDS = (64, 112, 192, 320)
+_LAW_TOL = 1e-11
+
+
+# --------------------------------------------------------------------------- structure from the description
+@dataclass(frozen=True, eq=False)
+class Structure:
+    """What the derivation needs, read off the cell's expressions (see the module docstring)."""
+
+    cell: GatedCell
+    kind: str                      # "closed" or "law"
+    carried: sp.Symbol | None      # previous-value symbol of the carried state (None: no carried state)
+    carried_new: sp.Symbol | None
+    A: sp.Expr                     # carried update s_t = A s + B  (A = 0, B = update for a memoryless state)
+    B: sp.Expr
+    readouts: tuple                # ((new symbol, G, g_name), ...) for the other states
+    read_state: sp.Symbol          # previous-state symbol every field reads (times alpha_k)
+    alpha: dict                    # field symbol -> alpha_k(e) (fields without a recurrent term absent)
+    fields: tuple                  # field symbols, in order
+    output: sp.Symbol
+
+
+def _readout(expr, s_new, fields):
+    """Split ``expr = G(fields) * g(s_new)`` with g = tanh or identity; None if it is not of that form."""
+    G, g = sp.sympify(expr).as_independent(s_new, as_Add=False)
+    if g == s_new:
+        return G, "identity"
+    if g == sp.tanh(s_new):
+        return G, "tanh"
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def analyse(cell: GatedCell) -> Structure:
+    """Classify a gated cell and extract the pieces of its mean field; a clear error if it is outside the class."""
+    fields = tuple(f.symbol for f in cell.fields)
+    x = cell.input
+    explicit = cell.explicit_updates()
+    prev = set(cell.states)
+    carried = [s for s in cell.states
+               if any(s in e.free_symbols for e in explicit.values())]
+    if len(carried) > 1:
+        raise MftrnnError(f"cell {cell.name!r}: several carried states {carried}; the mean field of a cell whose "
+                          "joint law of states is needed is not supported")
+    reads = {f.symbol: sp.sympify(f.reads) for f in cell.fields if f.reads is not None}
+    read_states = {s for y in reads.values() for s in y.free_symbols & prev}
+    if len(read_states) != 1:
+        raise MftrnnError(f"cell {cell.name!r}: the fields must all read one state (times gate factors), "
+                          f"found {sorted(map(str, read_states))}")
+    (read_state,) = read_states
+    alpha = {}
+    for k, y in reads.items():
+        a = sp.simplify(y / read_state)
+        if a.free_symbols - set(fields):
+            raise MftrnnError(f"cell {cell.name!r}: field {k} reads {y}, not (gate factor) x {read_state}")
+        alpha[k] = a
+    if carried:
+        (s,) = carried
+        s_new = cell.new_states[cell.states.index(s)]
+        upd = sp.expand(explicit[s_new])
+        A = sp.simplify(upd.diff(s))
+        if A.free_symbols - set(fields):
+            raise MftrnnError(f"cell {cell.name!r}: the update of {s} is not affine in it: {explicit[s_new]}")
+        B = sp.simplify(upd - A * s)
+    else:
+        s = s_new = None
+        A = sp.S.Zero
+        B = None
+    readouts = []
+    implicit = dict(cell.updates)
+    for new, expr in cell.updates:
+        if new == s_new:
+            continue
+        if s_new is None:
+            if set(sp.sympify(expr).free_symbols) - set(fields) - {x}:
+                raise MftrnnError(f"cell {cell.name!r}: state {new} depends on other states")
+            readouts.append((new, sp.sympify(expr), "memoryless"))
+            continue
+        r = _readout(implicit[new], s_new, fields)
+        if r is None:
+            raise MftrnnError(f"cell {cell.name!r}: state {new} = {implicit[new]} is not (gates) x g({s_new}) "
+                              "with g = tanh or the identity")
+        readouts.append((new, *r))
+    if s is None:
+        if len(readouts) != 1:
+            raise MftrnnError(f"cell {cell.name!r}: a cell without a carried state must have one state")
+        kind = "closed"
+        B = readouts[0][1]
+    elif read_state == s:
+        kind = "closed"
+    else:
+        kind = "law"
+        r = next((r for r in readouts if cell.previous_of(r[0]) == read_state), None)
+        if r is None or r[2] != "tanh":
+            raise MftrnnError(f"cell {cell.name!r}: fields read {read_state}, which is not a tanh readout")
+    return Structure(cell, kind, s, s_new, A, B, tuple(readouts), read_state, alpha, fields, cell.output)
+
+
+# --------------------------------------------------------------------------- field moments
+def _field_moments(st: Structure, hp: dict, R: float, Q: float) -> dict:
+    """``{field: (mu, q)}`` given the second moment ``Q`` of the state the fields read (fields in order, so that a
+    field may read a gate factor of an earlier one); the input ``x`` is a field ``(0, R)``."""
+    mom = {st.cell.input: (0.0, float(R))}
+    for f in st.cell.fields:
+        g = hp[f.gate]
+        q = 0.0
+        if f.reads is not None:
+            a2 = _integral(st.alpha[f.symbol] ** 2, st)(mom) if st.alpha[f.symbol] != 1 else 1.0
+            q += g["sigma_w"] ** 2 * a2 * Q
+        if f.input:
+            q += g["sigma_v"] ** 2 * R
+        if f.bias:
+            q += g["sigma_b"] ** 2
+        mom[f.symbol] = (g["mu_b"] if f.bias else 0.0, q)
+    return mom
+
+
+@functools.lru_cache(maxsize=None)
+def _integral_cached(expr, symbols):
+    return FieldIntegral(expr, symbols)
+
+
+def _integral(expr, st: Structure) -> FieldIntegral:
+    return _integral_cached(sp.sympify(expr), (*st.fields, st.cell.input))
+
+
+def _E(expr, st, mom) -> float:
+    expr = sp.sympify(expr)
+    if not expr.free_symbols:
+        return float(expr)
+    return _integral(expr, st)(mom)
+
+
+def _poly_s(expr, s):
+    """Coefficients (c0, c1, c2) of ``expr`` as a polynomial of degree <= 2 in ``s``."""
+    p = sp.Poly(sp.expand(expr), s) if s is not None else None
+    if p is None:
+        return sp.sympify(expr), sp.S.Zero, sp.S.Zero
+    if p.degree() > 2:
+        raise MftrnnError(f"expectation of {expr} needs moments of {s} above the second")
+    c = [p.coeff_monomial(s**k) for k in range(3)]
+    return tuple(c)
+
+
+def _E_state(expr, st, mom, M, Q) -> float:
+    """E[expr] for an expression polynomial (degree <= 2) in the carried state with moments (M, Q)."""
+    c0, c1, c2 = _poly_s(expr, st.carried)
+    return _E(c0, st, mom) + (M * _E(c1, st, mom) if c1 != 0 else 0.0) + (Q * _E(c2, st, mom) if c2 != 0 else 0.0)
+
+
+# --------------------------------------------------------------------------- closed cells
+def _closed_step(st, hp, R, Q, M):
+    """One step of the closed moment maps: (Q_t, M_t) of the carried state (or of the memoryless state)."""
+    mom = _field_moments(st, hp, R, Q)
+    if st.carried is None:
+        return _E(st.B**2, st, mom), _E(st.B, st, mom), mom
+    EA, EB = _E(st.A, st, mom), _E(st.B, st, mom)
+    Qn = _E(st.A**2, st, mom) * Q + 2 * _E(st.A * st.B, st, mom) * M + _E(st.B**2, st, mom)
+    return Qn, EA * M + EB, mom
+
+
+def _closed_mean(st, hp, R, Q):
+    """Stationary mean of the carried state at fixed field moments: M* = E[B] / (1 - E[A])."""
+    mom = _field_moments(st, hp, R, Q)
+    if st.carried is None:
+        return 0.0, mom
+    EA, EB = _E(st.A, st, mom), _E(st.B, st, mom)
+    return EB / (1.0 - EA), mom
+
+
+def _closed_map(st, hp, R, Q):
+    """Variance map Q -> Q_t with the mean at its fixed point."""
+    M, _ = _closed_mean(st, hp, R, Q)
+    return _closed_step(st, hp, R, Q, M)[0]
+
+
+def _closed_chi(st, hp, R, Q, M, mom):
+    r"""chi = E[A^2] + sum_k sigma_w,K^2 rho_k E[(d_k A s + d_k B)^2] (memoryless: A = 0, B = the update)."""
+    sw2 = {f.symbol: float(hp[f.gate]["sigma_w"]) ** 2 for f in st.cell.fields if f.reads is not None}
+    rho = {}
+    for f in st.cell.fields:
+        if f.reads is None:
+            continue
+        a = st.alpha[f.symbol]
+        r = _E(a**2, st, mom)
+        for j in rho:
+            da = sp.diff(a, j)
+            if da != 0:
+                r += sw2[j] * rho[j] * _E(da**2, st, mom) * Q
+        rho[f.symbol] = r
+    s = st.carried
+    chi = _E(st.A**2, st, mom) if s is not None else 0.0
+    for k in rho:
+        term = sp.diff(st.A, k) * (s if s is not None else 0) + sp.diff(st.B, k)
+        if term != 0:
+            chi += sw2[k] * rho[k] * _E_state(term**2, st, mom, M, Q)
+    return chi
+
+
+def _richardson_slope(f, x, h):
+    """Derivative by central differences at steps h and h/2, Richardson-extrapolated (error O(h^4))."""
+    d1 = (f(x + h) - f(x - h)) / (2 * h)
+    d2 = (f(x + h / 2) - f(x - h / 2)) / h
+    return (4 * d2 - d1) / 3
+
+
+# --------------------------------------------------------------------------- law cells (torch.nn.LSTM)
+@dataclass
+class _LawPieces:
+    """Nodes of the fields in A (``a``), in the gate factor beta of B (``b``) and in gamma (``c``), B = beta gamma."""
+
+    a_field: sp.Symbol
+    b_field: sp.Symbol | None
+    c_field: sp.Symbol | None
+    beta: sp.Expr
+    gamma: sp.Expr
+
+
+@functools.lru_cache(maxsize=None)
+def _law_pieces(st: Structure) -> _LawPieces:
+    fa = st.A.free_symbols
+    if len(fa) != 1:
+        raise MftrnnError(f"cell {st.cell.name!r}: the forget factor {st.A} must depend on one field")
+    (a_field,) = fa
+    for c_field in sorted(st.B.free_symbols - fa, key=sp.default_sort_key):
+        beta, gamma = st.B.as_independent(c_field, as_Add=False)
+        if gamma.free_symbols == {c_field} and len(beta.free_symbols) <= 1:
+            b = next(iter(beta.free_symbols), None)
+            return _LawPieces(a_field, b, c_field, beta, gamma)
+    if len(st.B.free_symbols) <= 1:
+        return _LawPieces(a_field, next(iter(st.B.free_symbols), None), None, st.B, sp.S.One)
+    raise MftrnnError(f"cell {st.cell.name!r}: B = {st.B} is not (gate factor) x (function of one other field)")
+
+
+@functools.lru_cache(maxsize=None)
+def _fn(sym, expr):
+    return sp.lambdify(sym, expr, modules=NUMPY_MODULES)
+
+
+def _nodes(expr_fields, sym, mom):
+    mu, q = mom[sym]
+    return gaussian_nodes(mu, q, min(np.pi / 2, strip_half_width(expr_fields)))
+
+
+class _LawKernel:
+    r"""Discretised kernels :math:`(P\psi)_j = \mathbb E[e^{is_jB}\,a(e)\,\psi^{(k)}(As_j)]` on one grid."""
+
+    def __init__(self, st: Structure, mom: dict, M: int):
+        self.st, self.mom = st, mom
+        self.pc = pc = _law_pieces(st)
+        self.grid = g = chebyshev_grid(M)
+        self.xa, self.wa = _nodes(st.A, pc.a_field, mom)
+        self.Aval = np.asarray(_fn(pc.a_field, st.A)(self.xa), float) * np.ones_like(self.xa)
+        self.joint = pc.b_field == pc.a_field
+        if pc.b_field is None or self.joint:
+            self.xb, self.wb = np.array([0.0]), np.array([1.0])
+        else:
+            self.xb, self.wb = _nodes(pc.beta, pc.b_field, mom)
+        bsym = pc.b_field if pc.b_field is not None else pc.a_field
+        bx = self.xa if self.joint else self.xb
+        self.beta = np.asarray(_fn(bsym, pc.beta)(bx), float) * np.ones_like(bx)
+        if pc.c_field is not None:
+            self.xc, self.wc = _nodes(pc.gamma, pc.c_field, mom)
+            self.gam = np.asarray(_fn(pc.c_field, pc.gamma)(self.xc), float) * np.ones_like(self.xc)
+        else:
+            self.xc, self.wc, self.gam = np.array([0.0]), np.array([1.0]), np.array([1.0])
+        self._L = {}
+
+    def L(self, deriv):
+        """Interpolation (of the ``deriv``-th derivative) at the points A s_j: array (M+1, n_A, M+1)."""
+        if deriv not in self._L:
+            g = self.grid
+            self._L[deriv] = g.interp(np.outer(g.s, self.Aval), deriv).reshape(g.M + 1, self.Aval.size, g.M + 1)
+        return self._L[deriv]
+
+    def _values(self, expr, sym, x):
+        if sym is None:
+            return np.full(x.shape, float(expr))
+        return np.asarray(_fn(sym, expr)(x), float) * np.ones_like(x)
+
+    def psi(self, H):
+        """psi_H(s_j beta_n) = E_gamma[exp(i s_j beta_n gamma) H] for the beta nodes: array (M+1, n_beta)."""
+        h = self._values(H, self.pc.c_field, self.xc)
+        t = np.multiply.outer(np.multiply.outer(self.grid.s, self.beta), self.gam)  # (M+1, nb, nc)
+        wh = self.wc * h
+        return np.cos(t) @ wh + 1j * (np.sin(t) @ wh)  # numpy's complex exp is ~20x slower than cos and sin
+
+    def matrix(self, expr, deriv):
+        r"""Kernel of :math:`\psi \mapsto \mathbb E[e^{isB}\,\mathrm{expr}\,\psi^{(k)}(As)]` for ``expr`` a sum of
+        products of functions of the a-, b- and c-fields."""
+        pc = self.pc
+        P = np.zeros((self.grid.M + 1,) * 2, complex)
+        for term in sp.Add.make_args(sp.expand(sp.sympify(expr))):
+            ca, rest = term.as_independent(*[f for f in (pc.b_field, pc.c_field) if f is not None],
+                                           as_Add=False) if not self.joint else (sp.S.One, term)
+            if self.joint:
+                cb, ch = rest.as_independent(pc.c_field, as_Add=False) if pc.c_field is not None else (rest, sp.S.One)
+                va = self._values(cb, pc.a_field, self.xa)
+                psi = self.psi(ch)  # (M+1, na): beta on the a-nodes
+                P += np.einsum("jnm,n,jn->jm", self.L(deriv), self.wa * va, psi)
+            else:
+                cb, ch = (rest.as_independent(pc.c_field, as_Add=False) if pc.c_field is not None
+                          else (rest, sp.S.One))
+                va = self._values(ca, pc.a_field, self.xa)
+                vb = self._values(cb, pc.b_field, self.xb)
+                left = np.einsum("jnm,n->jm", self.L(deriv), self.wa * va)
+                right = self.psi(ch) @ (self.wb * vb)
+                P += left * right[:, None]
+        return P
+
+
+@dataclass
+class StationaryLaw:
+    """Characteristic function of the stationary carried state on a Chebyshev grid, with its moments."""
+
+    grid: object
+    phi: np.ndarray
+    m1: float
+    m2: float
+    error: float          # change of E[tanh^2 c] from the previous grid (bounds the error)
+
+    def expect_tanh2(self) -> float:
+        g = self.grid
+        return float(1.0 - np.sum(g.cc * self.phi.real * sech2_transform(g.s)) / np.pi)
+
+
+def _exact_moments(st, mom):
+    EA, EB = _E(st.A, st, mom), _E(st.B, st, mom)
+    m1 = EB / (1 - EA)
+    m2 = (_E(st.B**2, st, mom) + 2 * _E(st.A * st.B, st, mom) * m1) / (1 - _E(st.A**2, st, mom))
+    return m1, m2
+
+
+def stationary_law(st: Structure, mom: dict, grid: int | None = None) -> tuple[StationaryLaw, _LawKernel]:
+    """The stationary law of the carried state for given field moments.
+
+    Grids of increasing size until :math:`\mathbb E_\pi[\tanh^2 c]` changes by at most 1e-11 between two of them
+    (the spectral convergence makes the change an upper bound of the error of the coarser one); the second moment
+    :math:`-\varphi''(0)` is checked against the exact one as well (to 1e-5: differentiating the interpolant twice
+    at the end point amplifies rounding by ~M^4). :class:`~mftrnn.ConvergenceError` if no grid converges.
+    ``grid``: one grid of that size, unchecked (for scans that only need signs).
+    """
+    m1, m2 = _exact_moments(st, mom)
+    if grid is not None:
+        K = _LawKernel(st, mom, grid)
+        return StationaryLaw(K.grid, solve_characteristic(K.matrix(sp.S.One, 0)), m1, m2, np.nan), K
+    prev = None
+    for M in _M_GRIDS:
+        K = _LawKernel(st, mom, M)
+        phi = solve_characteristic(K.matrix(sp.S.One, 0))
+        law = StationaryLaw(K.grid, phi, m1, m2, np.inf)
+        t2 = law.expect_tanh2()
+        if prev is not None and abs(t2 - prev) <= _LAW_TOL:
+            m2_phi = -float((K.grid.D2 @ phi)[0].real)
+            if abs(m2_phi - m2) > 1e-5 * max(m2, 1e-12):
+                break
+            law.error = abs(t2 - prev)
+            return law, K
+        prev = t2
+    raise ConvergenceError(f"cell {st.cell.name!r}: the stationary law of {st.carried} is not resolved on "
+                           f"{M + 1} points; reduce the forget-gate bias")
+
+
+def _law_Q(st, hp, R, Q, gaussian=False, grid=None):
+    """Second moment of what the fields read (the tanh readout), and the pieces."""
+    mom = _field_moments(st, hp, R, Q)
+    new, G, _ = next(r for r in st.readouts if st.cell.previous_of(r[0]) == st.read_state)
+    EG2 = _E(G**2, st, mom)
+    if gaussian:
+        m1, m2 = _exact_moments(st, mom)
+        v = max(m2 - m1**2, 0.0)
+        xs, ws = gaussian_nodes(m1, v, np.pi / 2)
+        return EG2 * float(ws @ np.tanh(xs) ** 2), None, None, mom
+    law, K = stationary_law(st, mom, grid)
+    return EG2 * law.expect_tanh2(), law, K, mom
+
+
+def _law_chi(st, hp, law, K, mom) -> float:
+    """Leading eigenvalue of the linearised map of (w-hat, D_h): see the module docstring."""
+    g = K.grid
+    n = g.M + 1
+    sw2 = {f.symbol: float(hp[f.gate]["sigma_w"]) ** 2 for f in st.cell.fields if f.reads is not None}
+    Pw = K.matrix(st.A**2, 0)
+    r = np.zeros(n, complex)
+    for k, w2 in sw2.items():
+        if w2 == 0:
+            continue
+        dA, dB = sp.diff(st.A, k), sp.diff(st.B, k)
+        if dA != 0:
+            r += w2 * -(K.matrix(dA**2, 2) @ law.phi)
+            if dB != 0:
+                r += w2 * -2j * (K.matrix(dA * dB, 1) @ law.phi)
+        if dB != 0:
+            r += w2 * (K.matrix(dB**2, 0) @ law.phi)
+    new, G, _ = next(rr for rr in st.readouts if st.cell.previous_of(rr[0]) == st.read_state)
+    EG2 = _E(G**2, st, mom)
+    kappa = g.cc * sech4_transform(g.s) / np.pi
+    T2 = law.expect_tanh2()
+    rhoG = sum(w2 * _E(sp.diff(G, k) ** 2, st, mom) * T2 for k, w2 in sw2.items() if G.has(k))
+    # unknowns z = (Re w, Im w, D_h); D_y = D_h for every field (all read h)
+    Z = np.zeros((2 * n + 1, 2 * n + 1))
+    Z[:n, :n], Z[:n, n:2 * n] = Pw.real, -Pw.imag
+    Z[n:2 * n, :n], Z[n:2 * n, n:2 * n] = Pw.imag, Pw.real
+    Z[:n, -1], Z[n:2 * n, -1] = r.real, r.imag
+    Z[-1, :] = EG2 * (kappa @ Z[:n, :])
+    Z[-1, -1] += rhoG
+    ev = np.linalg.eigvals(Z)
+    return float(np.max(np.abs(ev)))
+
+
+# --------------------------------------------------------------------------- fixed points
+def _least_root(F, lo, hi, what, n_scan=24, F_scan=None):
+    """Least root of F(Q) - Q on [lo, hi] (F(lo) >= lo), found by a scan (of ``F_scan``, a cheaper version of F,
+    if given) and Brent's method on F; multistable flag."""
+    xs = np.concatenate([[lo], lo + (hi - lo) * np.geomspace(1e-6, 1, n_scan)])
+    gs = np.array([(F_scan or F)(x) - x for x in xs])
+    down = np.nonzero((gs[:-1] > 0) & (gs[1:] <= 0))[0]
+    if gs[0] <= 0 and gs[0] > -1e-300:
+        return lo, False, 0
+    if down.size == 0:
+        raise ConvergenceError(f"{what}: no fixed point in [{lo}, {hi}]")
+    j = down[0]
+    if gs[j + 1] == 0:
+        return xs[j + 1], down.size > 1, j
+    a, b = xs[j], xs[j + 1]
+    if F_scan is not None:  # the cheap signs may misplace a root that sits near a scan point: widen until F agrees
+        for _ in range(60):
+            if F(a) - a > 0 or a == lo:
+                break
+            a = max(lo, a - 2 * (b - a))
+        for _ in range(60):
+            if F(b) - b <= 0 or b == hi:
+                break
+            b = min(hi, b + 2 * (b - a))
+    root = brentq(lambda x: F(x) - x, a, b, xtol=1e-16, rtol=1e-15, maxiter=200)
+    return root, down.size > 1, j
+
+
+@dataclass
+class GatedFixedPoint:
+    """Untied mean-field fixed point of a gated cell (scalar hyperparameters, or arrays of the broadcast shape).
+
+    ``Q_star``: second moment :math:`|h|^2/N` of the output state; ``Qc_star``: of the carried state where it
+    differs from the output (the LSTM's :math:`|c|^2/N`); ``M_star``: the carried state's mean; ``q_star``:
+    ``{field: variance}`` of every field; ``chi``, ``xi``; ``chi_q``, ``xi_q`` (closed cells; ``None`` for law
+    cells); ``law_error``: the measured error of the stationary law (law cells).
+    """
+
+    cell: str
+    params: dict
+    Q_star: np.ndarray
+    chi: np.ndarray
+    xi: np.ndarray
+    Qc_star: np.ndarray | None = None
+    M_star: np.ndarray | None = None
+    chi_q: np.ndarray | None = None
+    xi_q: np.ndarray | None = None
+    q_star: dict = field(default_factory=dict)
+    multistable: np.ndarray | None = None
+    approximation: str = "exact untied mean field"
+    law_error: np.ndarray | None = None
+
+    def to_dict(self) -> dict:
+        if np.ndim(self.Q_star) != 0:
+            raise MftrnnError("to_dict() needs scalar hyperparameters")
+        out = {"cell": self.cell, **{k: float(v) for k, v in self.params.items()}}
+        for k in ("Q_star", "Qc_star", "M_star", "chi", "xi", "chi_q", "xi_q"):
+            v = getattr(self, k)
+            if v is None:
+                continue
+            v = float(v)
+            out[k] = None if (k.startswith("xi") and np.isinf(v)) else v
+        out["q_star"] = {str(k): float(v) for k, v in self.q_star.items()}
+        out["multistable"] = bool(self.multistable)
+        out["approximation"] = self.approximation
+        return out
+
+
+def _timescale(chi):
+    chi = float(chi)
+    if chi >= 1:
+        return np.inf
+    return 0.0 if chi <= 0 else -1.0 / np.log(chi)
+
+
+def _point(st: Structure, hp: dict, R: float, closure: str) -> dict:
+    """All quantities at one point of scalar hyperparameters."""
+    cell = st.cell
+    out = {}
+    if st.kind == "closed":
+        F = lambda Q: _closed_map(st, hp, R, Q)
+        hi = max(2.0 * F(0.0), 1.0)
+        for _ in range(60):
+            if F(hi) < hi:
+                break
+            hi *= 4.0
+        else:
+            raise ConvergenceError(f"cell {cell.name!r}: the variance map has no finite fixed point")
+        Q, multi, _ = _least_root(F, 0.0, hi, f"cell {cell.name!r}")
+        M, mom = _closed_mean(st, hp, R, Q)
+        out["chi"] = _closed_chi(st, hp, R, Q, M, mom)
+        h = 1e-4 * max(Q, 1e-4)
+        out["chi_q"] = _richardson_slope(F, Q, h) if Q > h else (F(2 * h) - F(h)) / h
+        out["Q_read"] = Q
+        out["M"] = M
+        out["mom"] = mom
+        out["multistable"] = multi
+        # second moments of the states
+        Qs = {}
+        if st.carried is not None:
+            Qs[st.carried_new] = Q
+            for new, G, g in st.readouts:
+                EG2 = _E(G**2, st, mom)
+                if g == "identity":
+                    Qs[new] = EG2 * Q
+                elif closure == "gaussian":
+                    xs, ws = gaussian_nodes(M, max(Q - M * M, 0.0), np.pi / 2)
+                    Qs[new] = EG2 * float(ws @ np.tanh(xs) ** 2)
+                else:
+                    law, _ = stationary_law(st, mom)
+                    Qs[new] = EG2 * law.expect_tanh2()
+                    out["law_error"] = law.error
+        else:
+            Qs[st.readouts[0][0]] = Q
+        out["Qs"] = Qs
+    else:
+        gaussian = closure == "gaussian"
+        F = lambda Q: _law_Q(st, hp, R, Q, gaussian)[0]
+        F_scan = None if gaussian else (lambda Q: _law_Q(st, hp, R, Q, grid=_M_GRIDS[0])[0])
+        Q, multi, _ = _least_root(F, 0.0, 1.0, f"cell {cell.name!r}", n_scan=12, F_scan=F_scan)
+        val, law, K, mom = _law_Q(st, hp, R, Q, gaussian)
+        m1, m2 = _exact_moments(st, mom)
+        if gaussian:
+            out["chi"] = np.nan
+        else:
+            out["chi"] = _law_chi(st, hp, law, K, mom)
+            out["law_error"] = law.error
+        out["Qs"] = {st.carried_new: m2, next(r[0] for r in st.readouts
+                                              if cell.previous_of(r[0]) == st.read_state): Q}
+        out["M"] = m1
+        out["mom"] = mom
+        out["multistable"] = multi
+        out["chi_q"] = None
+    return out
+
+
+def gated_fixed_point(cell, *, closure: str = "exact", **hyperparameters) -> GatedFixedPoint:
+    r"""Untied mean-field fixed point of a gated cell: :math:`Q^*` (output), :math:`Q_c^*` (carried state),
+    every field's variance, :math:`\chi`, :math:`\xi`, and for closed cells :math:`\chi_q`, :math:`\xi_q`.
+
+    Hyperparameters: per gate ``sigma_w_K, sigma_v_K, sigma_b_K, mu_b_K`` (``K`` a letter of the cell's gates),
+    shorthand ``sigma_w, sigma_v, sigma_b, mu_b`` for all gates, and ``R``; scalars or broadcastable arrays.
+    ``closure="gaussian"`` replaces the law of the LSTM cell state by a Gaussian of the same mean and variance (an
+    approximation, reported as such; no :math:`\chi`). Which fixed point: the least root of the variance map
+    (reached from a zero state); ``multistable`` flags points where the scan saw more than one.
+    """
+    from .._cells import get_cell  # the one registry
+    cell = get_cell(cell)
+    if not isinstance(cell, GatedCell):
+        raise MftrnnError(f"{cell.name!r} is not a gated cell; use mftrnn.fixed_point")
+    if closure not in ("exact", "gaussian"):
+        raise DomainError(f"closure must be 'exact' or 'gaussian', got {closure!r}")
+    st = analyse(cell)
+    hp, R = gate_hyperparameters(cell, hyperparameters)
+    if np.any(R < 0):
+        raise DomainError("R must be non-negative")
+    shape = R.shape
+    pts = []
+    for idx in np.ndindex(shape):
+        h = {g: {k: float(v[idx]) for k, v in d.items()} for g, d in hp.items()}
+        pts.append(_point(st, h, float(R[idx]), closure))
+
+    def arr(fn):
+        vals = [fn(p) for p in pts]
+        return np.array(vals, float).reshape(shape) if shape else float(vals[0])
+
+    out_new = st.output
+    Q_star = arr(lambda p: p["Qs"][out_new])
+    has_c = st.carried_new is not None and st.carried_new != out_new
+    chi = arr(lambda p: p["chi"])
+    res = GatedFixedPoint(
+        cell.name, _flat_params(cell, hp, R), Q_star, chi, _vec_timescale(chi),
+        Qc_star=arr(lambda p: p["Qs"][st.carried_new]) if has_c else None,
+        M_star=arr(lambda p: p["M"]) if st.carried is not None else None,
+        chi_q=arr(lambda p: p["chi_q"]) if st.kind == "closed" else None,
+        q_star={f: arr(lambda p, f=f: p["mom"][f][1]) for f in st.fields},
+        multistable=np.array([p["multistable"] for p in pts]).reshape(shape) if shape else pts[0]["multistable"],
+        approximation=("exact untied mean field" if closure == "exact"
+                       else "Gaussian closure of the cell state (approximation)"),
+        law_error=arr(lambda p: p.get("law_error", 0.0)),
+    )
+    if res.chi_q is not None:
+        res.xi_q = _vec_timescale(np.abs(res.chi_q))
+    return res
+
+
+def _vec_timescale(chi):
+    if np.ndim(chi) == 0:
+        return _timescale(chi) if np.isfinite(chi) else np.nan
+    return np.vectorize(lambda c: _timescale(c) if np.isfinite(c) else np.nan)(chi)
+
+
+def _flat_params(cell, hp, R):
+    out = {f"{k}_{g}": (float(v) if np.ndim(v) == 0 else v) for g, d in hp.items() for k, v in d.items()}
+    out["R"] = float(R) if np.ndim(R) == 0 else R
+    return out
