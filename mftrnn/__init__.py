@@ -2,7 +2,11 @@
 
 Public API (re-exported from private modules, one concept each):
 
-* cells as data — :class:`Cell`, :class:`Preactivation`, :func:`get_cell`, :func:`register_cell`, :data:`CELLS`;
+* cells as data — :class:`Cell`, :class:`Preactivation` (one carried state) and :class:`GatedCell`, :class:`Field`
+  (several states, per-gate hyperparameters: ``lstm``, ``gru`` and variants), one registry: :func:`get_cell`,
+  :func:`register_cell`, :func:`cells`, :data:`CELLS` (a live view);
+* gated cells' untied mean field — :func:`gated_fixed_point` (a :class:`GatedFixedPoint`; :func:`fixed_point`
+  dispatches to it), the derivation in :mod:`mftrnn.theory.gated`, torch modules in :mod:`mftrnn.nets.gated`;
 * symbolic Gaussian expectations — :class:`E`, :class:`E2`, :func:`expect`, :func:`expect2`, :class:`sigmoid`;
 * derived maps — :func:`mean_field` (a :class:`MeanField` of SymPy expressions), their symbols in
   :mod:`mftrnn.symbols`, and :class:`Compiled` to evaluate any such expression on NumPy arrays;
@@ -19,7 +23,9 @@ Jacobian spectra by free probability: :mod:`mftrnn.free` (S-transforms, inversio
 PyTorch cells live in :mod:`mftrnn.nn`, the finite-width simulator in :mod:`mftrnn.simulate`, the command line in
 :mod:`mftrnn.cli`.
 """
-from ._cells import CELLS, Cell, Preactivation, get_cell, register_cell
+from ._cells import CELLS, Cell, Preactivation, cells, get_cell, register_cell
+from .cells.gated import Field, GatedCell, gate_hyperparameters
+from .theory.gated import GatedFixedPoint, gated_fixed_point
 from ._errors import ConvergenceError, DataError, DomainError, MftrnnError, UnknownCellError
 from ._fixed_point import DEFAULTS, FixedPoint, fixed_point, iterate_maps, timescale
 from ._gaussian import E, E2, expect, expect2, sigmoid
@@ -37,7 +43,8 @@ from .spectrum import SpectralLaw, spectral_density, spectral_grid, spectral_law
 __version__ = "0.1.0"
 
 __all__ = [
-    "CELLS", "Cell", "Preactivation", "get_cell", "register_cell",
+    "CELLS", "Cell", "Preactivation", "cells", "get_cell", "register_cell",
+    "GatedCell", "Field", "gate_hyperparameters", "GatedFixedPoint", "gated_fixed_point",
     "MftrnnError", "DomainError", "ConvergenceError", "UnknownCellError", "DataError",
     "DEFAULTS", "FixedPoint", "fixed_point", "iterate_maps", "timescale",
     "E", "E2", "expect", "expect2", "sigmoid",

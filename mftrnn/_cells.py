@@ -17,15 +17,16 @@ the GRU and the LSTM's cell-state update have this form.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import sympy as sp
 
-from ._errors import UnknownCellError
+from ._errors import MftrnnError, UnknownCellError
 from ._gaussian import sigmoid
 from .cells.gated import GRU, GRU_RESET_BEFORE, LSTM, LSTM_PEEPHOLE, GatedCell
 
-__all__ = ["Cell", "Preactivation", "get_cell", "register_cell", "CELLS", "HYPER", "sigma_w", "sigma_v",
+__all__ = ["Cell", "Preactivation", "get_cell", "register_cell", "CELLS", "cells", "HYPER", "sigma_w", "sigma_v",
            "sigma_b", "mu_b", "R", "Sigma"]
 
 # hyperparameter symbols (names as in the conventions)
@@ -105,14 +106,47 @@ register_cell(VANILLA)
 register_cell(MINIMAL)
 for _gated in (LSTM, GRU, LSTM_PEEPHOLE, GRU_RESET_BEFORE):
     register_cell(_gated)
-CELLS = tuple(_REGISTRY)
 
 
-def get_cell(cell) -> Cell:
-    """Return the registered :class:`Cell` called ``cell`` (a :class:`Cell` is returned unchanged)."""
+def cells(kind: str | None = None) -> tuple[str, ...]:
+    """Names of the registered cells, read from the registry now: all, ``"single"`` (one carried state,
+    :class:`Cell`) or ``"gated"`` (:class:`GatedCell`)."""
+    types = {None: (Cell, GatedCell), "single": (Cell,), "gated": (GatedCell,)}
+    if kind not in types:
+        raise MftrnnError(f"kind must be None, 'single' or 'gated', got {kind!r}")
+    return tuple(n for n, c in _REGISTRY.items() if isinstance(c, types[kind]))
+
+
+class _CellNames(Sequence):
+    """A live, read-only view of the registered cell names (``mftrnn.CELLS``)."""
+
+    def __getitem__(self, i):
+        return cells()[i]
+
+    def __len__(self):
+        return len(_REGISTRY)
+
+    def __repr__(self):
+        return repr(cells())
+
+
+CELLS = _CellNames()
+
+
+def get_cell(cell, *, gated: bool = True):
+    """Return the registered cell called ``cell`` (a :class:`Cell` or :class:`GatedCell` is returned unchanged).
+
+    ``gated=False``: the caller handles only single-state :class:`Cell` s; a gated cell is refused with a clear
+    error instead of failing later.
+    """
     if isinstance(cell, (Cell, GatedCell)):
-        return cell
-    try:
-        return _REGISTRY[cell]
-    except (KeyError, TypeError):
-        raise UnknownCellError(f"unknown cell {cell!r}; known cells: {', '.join(_REGISTRY)}") from None
+        found = cell
+    else:
+        try:
+            found = _REGISTRY[cell]
+        except (KeyError, TypeError):
+            raise UnknownCellError(f"unknown cell {cell!r}; known cells: {', '.join(_REGISTRY)}") from None
+    if not gated and isinstance(found, GatedCell):
+        raise MftrnnError(f"not available for the gated cell {found.name!r} (only for "
+                          f"{', '.join(n for n, c in _REGISTRY.items() if isinstance(c, Cell))})")
+    return found

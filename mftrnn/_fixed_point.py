@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ._cells import Sigma, get_cell
+from .cells.gated import GatedCell
 from ._errors import ConvergenceError, DomainError, MftrnnError
 from ._meanfield import C, M, M_a, M_b, Q, Q_a, Q_b, mean_field
 from ._numeric import Compiled
@@ -50,7 +51,7 @@ def timescale(chi):
 
 def check_hyperparameters(cell, values: dict) -> dict:
     """Validate and broadcast hyperparameters; returns ``{name: ndarray}`` in the cell's order."""
-    cell = get_cell(cell)
+    cell = get_cell(cell, gated=False)
     names = [s.name for s in cell.hyperparameters]
     unknown = set(values) - set(names)
     if unknown:
@@ -365,6 +366,9 @@ def fixed_point(cell, *, correlations: bool = False, **hyperparameters) -> Fixed
     meant for modest array sizes. Raises :class:`~mftrnn.DomainError` for invalid hyperparameters and
     :class:`~mftrnn.ConvergenceError` when a fixed point is not found.
 
+    A gated cell (``"lstm"``, ``"gru"``, ...) is passed on to :func:`mftrnn.theory.gated.gated_fixed_point` (per-gate
+    hyperparameters; a :class:`~mftrnn.theory.gated.GatedFixedPoint`).
+
     Which fixed point: the *least* stable fixed point of the variance map, the one reached from a zero initial
     state when the map is increasing (as it is for the built-in cells). The variance map can have several
     (e.g. the minimalRNN at ``sigma_w=5, mu_b=5``: ``Q* = 0.0381`` from ``h_0 = 0``, ``0.2519`` from ``Q_0 = 1``);
@@ -372,6 +376,11 @@ def fixed_point(cell, *, correlations: bool = False, **hyperparameters) -> Fixed
     than one; roots closer together than that grid can go unnoticed.
     """
     cell = get_cell(cell)
+    if isinstance(cell, GatedCell):
+        if correlations:
+            raise MftrnnError(f"correlations=True is not available for the gated cell {cell.name!r}")
+        from .theory.gated import gated_fixed_point
+        return gated_fixed_point(cell, **hyperparameters)
     hp = check_hyperparameters(cell, hyperparameters)
     shape = next(iter(hp.values())).shape
     flat = _flat(hp)
@@ -402,7 +411,7 @@ def iterate_maps(cell, T: int, *, Q0: float = 1.0, C0: float = 0.0, Q0b: float |
     Returns numpy arrays of length ``T+1``: ``Q_a``, ``Q_b``, ``C`` (and the state means ``M_a``, ``M_b``, which
     start at ``M0``). ``Sigma`` is the per-step input overlap of the two sequences. Scalars only.
     """
-    cell = get_cell(cell)
+    cell = get_cell(cell, gated=False)
     hp = check_hyperparameters(cell, hyperparameters)
     if any(v.ndim for v in hp.values()):
         raise DomainError("iterate_maps takes scalar hyperparameters")

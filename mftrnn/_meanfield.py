@@ -257,4 +257,7 @@ def _mean_field_cached(cell: Cell) -> MeanField:
 
 def mean_field(cell) -> MeanField:
     """The (cached) symbolic mean-field maps of ``cell`` (a name or a :class:`~mftrnn.Cell`)."""
-    return _mean_field_cached(get_cell(cell))
+    cell = get_cell(cell)
+    if not isinstance(cell, Cell):
+        raise MftrnnError(f"{cell.name!r} is a gated cell; its mean field is mftrnn.theory.gated")
+    return _mean_field_cached(cell)

@@ -26,8 +26,10 @@ from ._io import atomic_write
 from .phase_diagram import compute_grid, plot_phase_diagram
 
 from ._fixed_point import DEFAULTS, NONNEGATIVE  # one source for defaults and domains
+from .cells.gated import GatedCell, hyperparameter_names
 
 PARAMS = tuple(DEFAULTS)
+KINDS = ("sigma_w", "sigma_v", "sigma_b", "mu_b")
 DESCRIPTIONS = {
     "sigma_w": "recurrent weight std (W_ij ~ N(0, sigma_w^2/N))",
     "sigma_v": "input weight std (V_ij ~ N(0, sigma_v^2/N_in))",
@@ -47,6 +49,8 @@ RESULT_DESCRIPTIONS = {
     "chi_c": "slope of the covariance map at C*",
     "xi_c": "timescale -1/ln(chi_c)",
     "multistable": "more than one stable Q*? (Q_star is the least, reached from h_0 = 0)",
+    "Qc_star": "cell-state norm Qc* = |c|^2/N",
+    "M_star": "mean of the carried state",
 }
 EXTENSIONS = (".npz", ".png")
 MAX_GRID_POINTS = 2 ** 24
@@ -65,11 +69,29 @@ def _float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
 
 
+def _gate_letters() -> str:
+    """Gate letters of the registered gated cells (for the per-gate options)."""
+    from ._cells import _REGISTRY
+    letters = ""
+    for cell in _REGISTRY.values():
+        if isinstance(cell, GatedCell):
+            letters += "".join(g for g in cell.gates if g not in letters)
+    return letters
+
+
 def _add_hyperparameters(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("hyperparameters")
+    g = p.add_argument_group("hyperparameters (for a gated cell the first four set every gate)")
     for name in PARAMS:
         g.add_argument("--" + name.replace("_", "-"), dest=name, type=_float, default=None,
                        metavar="X", help=f"{DESCRIPTIONS[name]} (default {DEFAULTS[name]:g})")
+    gg = p.add_argument_group("per-gate hyperparameters of gated cells (lstm: i f g o; gru: r z n); "
+                              "override the shorthand for gate K")
+    for letter in _gate_letters():
+        for kind in KINDS:
+            name = f"{kind}_{letter}"
+            gg.add_argument("--" + name.replace("_", "-"), dest=name, type=_float, default=None, metavar="X",
+                            help=argparse.SUPPRESS if letter != "f" or kind != "mu_b" else
+                            "e.g. --mu-b-f 3: forget-gate bias mean (all --{sigma-w,sigma-v,sigma-b,mu-b}-K)")
 
 
 def _build_parser(full_lm: bool = False) -> argparse.ArgumentParser:
@@ -131,10 +153,38 @@ def _check_cell(name: str):
         raise CliError(_one_line(exc)) from None
 
 
+def _is_gated(name: str) -> bool:
+    import mftrnn
+    return isinstance(mftrnn.get_cell(name), GatedCell)
+
+
+def _gate_params(args: argparse.Namespace, cell: str, exclude: Sequence[str] = ()) -> dict:
+    """The hyperparameters given on the command line for a gated cell (shorthand, per gate, R); others default.
+
+    A per-gate option of another cell's gate is refused by :func:`mftrnn.cells.gated.gate_hyperparameters`.
+    """
+    import mftrnn
+    names = list(PARAMS) + [f"{k}_{g}" for g in _gate_letters() for k in KINDS]
+    given = {n: float(getattr(args, n)) for n in names if getattr(args, n, None) is not None and n not in exclude}
+    for name, value in given.items():
+        _check_value(name, value)
+    from .cells.gated import gate_hyperparameters
+    gate_hyperparameters(mftrnn.get_cell(cell), given)  # one-line DomainError for another cell's gate letter
+    return given
+
+
+def _refuse_gate_options(args: argparse.Namespace, cell: str) -> None:
+    given = [f"--{k}-{g}".replace("_", "-") for g in _gate_letters() for k in KINDS
+             if getattr(args, f"{k}_{g}", None) is not None]
+    if given:
+        raise CliError(f"{', '.join(given)}: per-gate options are for gated cells; {cell!r} takes "
+                       f"{', '.join('--' + p.replace('_', '-') for p in PARAMS)}")
+
+
 def _check_value(name: str, value: float) -> None:
     if not math.isfinite(value):
         raise CliError(f"{name} must be finite, got {value!r}")
-    if name in NONNEGATIVE and value < 0:
+    if (name in NONNEGATIVE or name.startswith("sigma_")) and value < 0:
         raise CliError(f"{name} must be >= 0, got {value:g}")
 
 
@@ -150,15 +200,15 @@ def _fixed_params(args: argparse.Namespace, exclude: Sequence[str] = ()) -> dict
     return params
 
 
-def parse_axis(spec: str, option: str) -> tuple[str, np.ndarray]:
-    """Parse ``NAME:START:STOP:NUM`` into ``(NAME, linspace(START, STOP, NUM))``."""
+def parse_axis(spec: str, option: str, allowed: Sequence[str] = PARAMS) -> tuple[str, np.ndarray]:
+    """Parse ``NAME:START:STOP:NUM`` into ``(NAME, linspace(START, STOP, NUM))``; NAME one of ``allowed``."""
     parts = spec.split(":")
     if len(parts) != 4:
         raise CliError(f"{option} {spec!r}: expected NAME:START:STOP:NUM")
     name, start_s, stop_s, num_s = (p.strip() for p in parts)
-    if name not in PARAMS:
+    if name not in allowed:
         raise CliError(f"{option} {spec!r}: unknown hyperparameter {name!r}; "
-                       f"choose one of {', '.join(PARAMS)}")
+                       f"choose one of {', '.join(allowed)}")
     try:
         start, stop = float(start_s), float(stop_s)
     except ValueError:
@@ -173,7 +223,7 @@ def parse_axis(spec: str, option: str) -> tuple[str, np.ndarray]:
         raise CliError(f"{option} {spec!r}: NUM must be >= 2")
     if not start < stop:
         raise CliError(f"{option} {spec!r}: START must be < STOP")
-    if name in NONNEGATIVE and start < 0:
+    if (name in NONNEGATIVE or name.startswith("sigma_")) and start < 0:
         raise CliError(f"{option} {spec!r}: {name} must be >= 0")
     return name, np.linspace(start, stop, num)
 
@@ -209,9 +259,44 @@ def _fmt(v) -> str:
     return str(v)
 
 
+def cmd_fixed_point_gated(args: argparse.Namespace, cell: str) -> int:
+    import mftrnn
+    params = _gate_params(args, cell)
+    result = mftrnn.fixed_point(cell, **params).to_dict()
+    for key, value in result.items():
+        if isinstance(value, float) and math.isnan(value):
+            raise CliError(f"fixed point gave {key} = nan")
+    if args.json:
+        print(json.dumps(result, allow_nan=False))
+        return 0
+    print(f"{cell}: untied mean-field fixed point (mftrnn {_version()}); {result['approximation']}")
+    hp = [k for k in result if k[:5] in ("sigma", "mu_b_") or k == "R"]
+    width = max(len(k) for k in result)
+    for name in hp:
+        print(f"  {name:<{width}}  {_fmt(result[name]):>16}")
+    print()
+    for key, value in result.items():
+        if key in hp or key in ("cell", "approximation"):
+            continue
+        if key == "q_star":
+            for field, q in value.items():
+                print(f"  {'q[' + field + ']':<{width}}  {_fmt(q):>16}  variance of the field {field}")
+            continue
+        note = RESULT_DESCRIPTIONS.get(key, "")
+        if key == "chi":
+            note = "growth per step of a state perturbation's second moment (identical inputs)"
+        if value is None and key.startswith("xi"):
+            note += " (chi >= 1: no decay)"
+        print(f"  {key:<{width}}  {_fmt(value):>16}  {note}")
+    return 0
+
+
 def cmd_fixed_point(args: argparse.Namespace) -> int:
     import mftrnn
     cell = _check_cell(args.cell)
+    if _is_gated(cell):
+        return cmd_fixed_point_gated(args, cell)
+    _refuse_gate_options(args, cell)
     params = _fixed_params(args)
     fp = mftrnn.fixed_point(cell, correlations=True, **params)
     result = fp.to_dict()
@@ -263,9 +348,12 @@ def _save_png(path: str, data: dict, color: str) -> None:
 
 
 def cmd_phase_diagram(args: argparse.Namespace) -> int:
+    import mftrnn
     cell = _check_cell(args.cell)
-    x_name, x = parse_axis(args.x, "--x")
-    y_name, y = parse_axis(args.y, "--y")
+    gated = _is_gated(cell)
+    allowed = PARAMS + (hyperparameter_names(mftrnn.get_cell(cell)) if gated else ())
+    x_name, x = parse_axis(args.x, "--x", allowed)
+    y_name, y = parse_axis(args.y, "--y", allowed)
     if x_name == y_name:
         raise CliError(f"--x and --y use the same hyperparameter {x_name!r}")
     for name in (x_name, y_name):
@@ -273,7 +361,11 @@ def cmd_phase_diagram(args: argparse.Namespace) -> int:
             raise CliError(f"{name} is a grid axis; do not also give --{name.replace('_', '-')}")
     if len(x) * len(y) > MAX_GRID_POINTS:
         raise CliError(f"grid of {len(x)} x {len(y)} points is too large (at most {MAX_GRID_POINTS})")
-    fixed = _fixed_params(args, exclude=(x_name, y_name))
+    if gated:
+        fixed = _gate_params(args, cell, exclude=(x_name, y_name))
+    else:
+        _refuse_gate_options(args, cell)
+        fixed = _fixed_params(args, exclude=(x_name, y_name))
     ext, _ = _check_output(args.out)
     npz_path = args.out if ext == ".npz" else os.path.splitext(args.out)[0] + ".npz"
 

@@ -139,7 +139,7 @@ def step_jacobian(cell) -> StepJacobian:
     Raises :class:`~mftrnn.MftrnnError` for an update that is not affine in state and input, or for a pre-activation
     whose recurrent input is not the plain state (``Preactivation.recurrent_input``).
     """
-    return _step_jacobian(get_cell(cell))
+    return _step_jacobian(get_cell(cell, gated=False))
 
 
 #: SymPy function names -> PyTorch, for :func:`torch_coefficients`
@@ -152,7 +152,7 @@ def torch_coefficients(cell):
     Lambdified from :func:`step_jacobian`, so the simulator's Jacobians come from the same derivation as the theory;
     the tensors broadcast (``a`` is returned broadcast to the shape of ``e``).
     """
-    return _torch_coefficients(get_cell(cell))
+    return _torch_coefficients(get_cell(cell, gated=False))
 
 
 @functools.lru_cache(maxsize=None)
@@ -356,7 +356,7 @@ def state_moments(cell, kmax: int = 4, **hyperparameters) -> dict:
     Returns ``{k: H_k}`` (floats, or arrays for array hyperparameters). The stationary state of a gated cell is not
     Gaussian: e.g. :math:`H_4/Q^{*2}\ne3` for the minimalRNN.
     """
-    cell = get_cell(cell)
+    cell = get_cell(cell, gated=False)
     if isinstance(kmax, bool) or int(kmax) != kmax or not 1 <= kmax <= 12:
         raise DomainError(f"kmax must be an integer in [1, 12], got {kmax!r}")
     hp = check_hyperparameters(cell, hyperparameters)
@@ -371,7 +371,7 @@ def _scalar_or_array(v):
 
 
 def _step(cell, orthogonal, hyperparameters):
-    cell = get_cell(cell)
+    cell = get_cell(cell, gated=False)
     _step_jacobian(cell)  # early, clear error for unsupported cells
     hp = check_hyperparameters(cell, hyperparameters)
     fp = fixed_point(cell, **hp)
@@ -636,7 +636,7 @@ def coefficient_law(cell, *, n_state: int = 6, **hyperparameters) -> Coefficient
     (tested to 1e-8 relative for :math:`p+r\le4`); smooth functions of :math:`b` converge exponentially in :math:`n`.
     The vanilla RNN's :math:`b=1-\tanh^2e` needs the :math:`e` rule only.
     """
-    cell = get_cell(cell)
+    cell = get_cell(cell, gated=False)
     jac = _step_jacobian(cell)
     if len(jac.b) != 1:
         raise MftrnnError(f"coefficient_law supports cells with one pre-activation; {cell.name!r} has {len(jac.b)}")
@@ -747,7 +747,7 @@ def _joint_moment_compiled(cell: Cell, p: int, r: int) -> Compiled:
 def coefficient_moment(cell, p: int, r: int, **hyperparameters):
     r"""The mean-field expectation :math:`\mathbb E[a^p b^r]` at the fixed point, from the symbolic expressions
     (engine quadrature, no discretisation of the state's law); vectorised over the hyperparameters."""
-    cell = get_cell(cell)
+    cell = get_cell(cell, gated=False)
     for name, v in (("p", p), ("r", r)):
         if isinstance(v, bool) or int(v) != v or v < 0:
             raise DomainError(f"{name} must be a non-negative integer, got {v!r}")

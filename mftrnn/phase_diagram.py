@@ -12,7 +12,7 @@ import numpy as np
 from ._errors import ConvergenceError
 from ._fixed_point import fixed_point
 
-__all__ = ["compute_grid", "plot_phase_diagram", "TEX", "CHUNK_POINTS"]
+__all__ = ["compute_grid", "plot_phase_diagram", "TEX", "tex", "CHUNK_POINTS"]
 
 TEX = {"sigma_w": r"$\sigma_w$", "sigma_v": r"$\sigma_v$", "sigma_b": r"$\sigma_b$",
        "mu_b": r"$\mu_b$", "R": r"$R$"}
@@ -33,8 +33,12 @@ def compute_grid(cell: str, x_name: str, x: np.ndarray, y_name: str, y: np.ndarr
     """
     from tqdm import tqdm
 
+    from ._cells import get_cell
+    from .cells.gated import GatedCell
+    gated = isinstance(get_cell(cell), GatedCell)
+    keys = ("chi", "xi", "Q_star") if gated else _KEYS
     ny, nx = len(y), len(x)
-    out = {k: np.empty((ny, nx)) for k in _KEYS}
+    out = {k: np.empty((ny, nx)) for k in keys}
     rows = max(1, CHUNK_POINTS // nx)
     with tqdm(total=ny * nx, unit="pt", unit_scale=True, delay=1.5, file=sys.stderr,
               disable=not progress, desc=f"{cell} {y_name} x {x_name}", leave=False) as bar:
@@ -49,6 +53,8 @@ def compute_grid(cell: str, x_name: str, x: np.ndarray, y_name: str, y: np.ndarr
                 out[k][r0:r1] = np.broadcast_to(np.asarray(getattr(fp, k), dtype=float), X.shape)
             bar.update((r1 - r0) * nx)
     for k in ("chi", "Q_star", "q_star", "chi_q"):
+        if k not in out:
+            continue
         bad = ~np.isfinite(out[k])
         if bad.any():
             i, j = np.argwhere(bad)[0]
@@ -57,6 +63,15 @@ def compute_grid(cell: str, x_name: str, x: np.ndarray, y_name: str, y: np.ndarr
     if np.isnan(out["xi"]).any():
         raise ConvergenceError("xi is nan at some grid points")
     return out
+
+
+def tex(name: str) -> str:
+    """LaTeX label of a hyperparameter: ``sigma_w`` -> sigma_w, ``mu_b_f`` -> mu_{b,f}."""
+    if name in TEX:
+        return TEX[name]
+    kind, gate = name.rsplit("_", 1)
+    sym, sub = kind.split("_")
+    return rf"$\{sym}_{{{sub},{gate}}}$"
 
 
 def plot_phase_diagram(data: dict, color: str = "xi", ax=None):
@@ -99,8 +114,9 @@ def plot_phase_diagram(data: dict, color: str = "xi", ax=None):
         ax.text(0.02, 0.98, f"no $\\chi = 1$ line: {where} on the whole grid",
                 transform=ax.transAxes, va="top", ha="left", fontsize=8,
                 bbox={"facecolor": "white", "alpha": 0.7, "edgecolor": "none"})
-    ax.set_xlabel(f"{TEX[x_name]} ({x_name})")
-    ax.set_ylabel(f"{TEX[y_name]} ({y_name})")
-    fixed = ", ".join(f"{k}={float(data[k]):g}" for k in TEX if k not in (x_name, y_name) and k in data)
+    ax.set_xlabel(f"{tex(x_name)} ({x_name})")
+    ax.set_ylabel(f"{tex(y_name)} ({y_name})")
+    names = [str(k) for k in data.get("fixed_names", list(TEX))]
+    fixed = ", ".join(f"{k}={float(data[k]):g}" for k in names if k not in (x_name, y_name) and k in data)
     ax.set_title(f"{data['cell']} RNN mean field; {fixed}", fontsize=9)
     return ax

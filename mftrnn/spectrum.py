@@ -92,7 +92,7 @@ def _fine_diagonal_law(cell, hp: dict, K: int = _FINE_ATOMS):
     from ._fixed_point import fixed_point
     from .jacobian import step_jacobian
 
-    cell = get_cell(cell)
+    cell = get_cell(cell, gated=False)
     jac = step_jacobian(cell)
     if len(jac.b) != 1 or jac.a != 0:
         return None

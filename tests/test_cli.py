@@ -181,7 +181,13 @@ GRID = ["--x", "sigma_w:0.5:3:6", "--y", "mu_b:-2:4:5"]
 
 
 @pytest.mark.parametrize("argv", [
-    ["fixed-point", "lstm"],
+    ["fixed-point", "elman"],
+    ["fixed-point", "lstm", "--mu-b-z", "1"],
+    ["fixed-point", "gru", "--sigma-w-n", "-1"],
+    ["fixed-point", "gru", "--mu-b-f", "nan"],
+    ["fixed-point", "minimal", "--mu-b-f", "1"],
+    ["phase-diagram", "gru", "--x", "mu_b_f:0:3:5", "--y", "mu_b:-2:4:5"],
+    ["phase-diagram", "minimal", "--x", "mu_b_f:0:3:5", "--y", "mu_b:-2:4:5"],
     ["fixed-point", "minimal", "--sigma-w", "-1"],
     ["fixed-point", "minimal", "--sigma-v", "-0.5"],
     ["fixed-point", "vanilla", "--sigma-b", "-2"],
@@ -190,7 +196,7 @@ GRID = ["--x", "sigma_w:0.5:3:6", "--y", "mu_b:-2:4:5"]
     ["fixed-point", "vanilla", "--sigma-v", "inf", "--json"],
     ["fixed-point", "minimal", "--mu-b", "inf"],
     ["fixed-point", "minimal", "--R", "nan", "--json"],
-    ["phase-diagram", "lstm", *GRID],
+    ["phase-diagram", "elman", *GRID],
     ["phase-diagram", "minimal", "--x", "sigma_w:0:3", "--y", "mu_b:-2:4:5"],
     ["phase-diagram", "minimal", "--x", "sigma_w:0:3:5:7", "--y", "mu_b:-2:4:5"],
     ["phase-diagram", "minimal", "--x", "sigma_w:0:3:1", "--y", "mu_b:-2:4:5"],
@@ -336,7 +342,7 @@ def test_python_dash_m_entry_point():
     assert got["chi"] == pytest.approx(ref["chi"], rel=1e-12)
     assert got["Q_star"] == pytest.approx(ref["Q_star"], rel=1e-12)
 
-    proc = _subprocess("fixed-point", "gru")
+    proc = _subprocess("fixed-point", "elman")
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]

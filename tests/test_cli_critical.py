@@ -88,7 +88,8 @@ def test_text_output(capsys):
     (["minimal", "--T", "100000000"], "exceeds"),
     (["minimal", "--sigma-w", "2"], "no chi = 1 point"),
     (["minimal", "--sigma-w", "5", "--gaussian"], "--gaussian"),
-    (["lstm", "--T", "10"], "unknown cell"),
+    (["elman", "--T", "10"], "unknown cell"),
+    (["lstm", "--T", "10"], "no critical initialisation for cell 'lstm'"),
 ])
 def test_one_line_errors(capsys, argv, fragment):
     rc, out, err = run_cli(capsys, "critical", *argv)

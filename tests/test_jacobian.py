@@ -372,6 +372,8 @@ def test_isometry_limits():
 # ------------------------------------------------------------------------------------------ bad input
 def test_bad_input():
     with pytest.raises(mf.UnknownCellError):
+        mf.step_moments("elman")
+    with pytest.raises(mf.MftrnnError, match="gated cell 'lstm'"):
         mf.step_moments("lstm")
     with pytest.raises(mf.DomainError):
         mf.step_moments("vanilla", sigma_w=-1.0)

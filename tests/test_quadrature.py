@@ -24,7 +24,7 @@ QS = [0.0, 1e-4, 0.3, 4.0, 30.0, 100.0]
 
 def _bodies():
     out = set()
-    for c in mf.CELLS:
+    for c in mf.cells("single"):
         m = mf.mean_field(c)
         for ex in (m.Q_map, m.chi, m.chi_q, m.M_map):
             out |= {n.args[0].expr for n in ex.atoms(E)}
@@ -122,7 +122,7 @@ def test_node_counts_from_thresholds_match_error_model(rule, d):
 def _map_bodies(slopes: bool):
     """Integrands of the variance maps (and, with ``slopes``, of their slopes chi_q): what the cheap rules see."""
     out = set()
-    for c in mf.CELLS:
+    for c in mf.cells("single"):
         m = mf.mean_field(c)
         for ex in (m.Q_map, m.chi_q) if slopes else (m.Q_map,):
             out |= {n.args[0].expr for n in ex.atoms(E)}

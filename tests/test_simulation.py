@@ -114,7 +114,7 @@ def test_initial_state_statistics():
     assert np.allclose(res.D, (res.Q_a + res.Q_b) / 2 - res.C)
 
 
-@pytest.mark.parametrize("cell", mf.CELLS)
+@pytest.mark.parametrize("cell", mf.cells("single"))
 def test_seed_reproducibility_tied_and_untied(cell):
     kw = dict(N=200, T=10, sigma_w=1.5, sigma_b=0.2, Sigma=0.3, C0=0.2, n_networks=3)
     for tied in (True, False):

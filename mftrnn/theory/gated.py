@@ -393,12 +393,12 @@ def _exact_moments(st, mom):
 
 
 def stationary_law(st: Structure, mom: dict, grid: int | None = None) -> tuple[StationaryLaw, _LawKernel]:
-    """The stationary law of the carried state for given field moments.
+    r"""The stationary law of the carried state for given field moments.
 
     Grids of increasing size until :math:`\mathbb E_\pi[\tanh^2 c]` changes by at most 1e-11 between two of them
     (the spectral convergence makes the change an upper bound of the error of the coarser one); the second moment
-    :math:`-\varphi''(0)` is checked against the exact one as well (to 1e-5: differentiating the interpolant twice
-    at the end point amplifies rounding by ~M^4). :class:`~mftrnn.ConvergenceError` if no grid converges.
+    :math:`-\varphi''(0)` is checked against the exact one as well (to 1e-5 relative plus 1e-8: differentiating the
+    interpolant twice at the end point amplifies rounding by ~M^4). :class:`~mftrnn.ConvergenceError` if no grid converges.
     ``grid``: one grid of that size, unchecked (for scans that only need signs).
     """
     m1, m2 = _exact_moments(st, mom)
@@ -413,7 +413,7 @@ def stationary_law(st: Structure, mom: dict, grid: int | None = None) -> tuple[S
         t2 = law.expect_tanh2()
         if prev is not None and abs(t2 - prev) <= _LAW_TOL:
             m2_phi = -float((K.grid.D2 @ phi)[0].real)
-            if abs(m2_phi - m2) > 1e-5 * max(m2, 1e-12):
+            if abs(m2_phi - m2) > 1e-5 * m2 + 1e-8:
                 break
             law.error = abs(t2 - prev)
             return law, K
@@ -471,30 +471,38 @@ def _law_chi(st, hp, law, K, mom) -> float:
 
 # --------------------------------------------------------------------------- fixed points
 def _least_root(F, lo, hi, what, n_scan=24, F_scan=None):
-    """Least root of F(Q) - Q on [lo, hi] (F(lo) >= lo), found by a scan (of ``F_scan``, a cheaper version of F,
-    if given) and Brent's method on F; multistable flag."""
+    """Least stable root of g(Q) = F(Q) - Q on [lo, hi] (g(hi) < 0), found by a scan (of ``F_scan``, a cheaper
+    version of F, if given) and Brent's method on F; returns (root, multistable flag).
+
+    ``lo`` itself is returned when it is a fixed point (g(lo) = 0 to rounding: no input and no bias noise) that
+    is stable (g < 0 just above it).
+    """
+    tiny = 1e-14 * max(abs(hi), 1.0)
+    g_lo = F(lo) - lo
+    if g_lo <= tiny:
+        d = 1e-9 * (hi - lo)
+        if F(lo + d) - (lo + d) <= 0:
+            return lo, False
     xs = np.concatenate([[lo], lo + (hi - lo) * np.geomspace(1e-6, 1, n_scan)])
-    gs = np.array([(F_scan or F)(x) - x for x in xs])
+    gs = np.array([(F_scan or F)(x) - x for x in xs[1:]])
+    gs = np.concatenate([[max(g_lo, tiny)], gs])
     down = np.nonzero((gs[:-1] > 0) & (gs[1:] <= 0))[0]
-    if gs[0] <= 0 and gs[0] > -1e-300:
-        return lo, False, 0
     if down.size == 0:
         raise ConvergenceError(f"{what}: no fixed point in [{lo}, {hi}]")
     j = down[0]
-    if gs[j + 1] == 0:
-        return xs[j + 1], down.size > 1, j
     a, b = xs[j], xs[j + 1]
-    if F_scan is not None:  # the cheap signs may misplace a root that sits near a scan point: widen until F agrees
-        for _ in range(60):
-            if F(a) - a > 0 or a == lo:
-                break
-            a = max(lo, a - 2 * (b - a))
-        for _ in range(60):
-            if F(b) - b <= 0 or b == hi:
-                break
-            b = min(hi, b + 2 * (b - a))
+    # the cheap signs may misplace a root that sits near a scan point: widen until F agrees
+    while a > lo and F(a) - a <= 0:
+        a = max(lo, a - 2 * (b - a))
+    while b < hi and F(b) - b > 0:
+        b = min(hi, b + 2 * (b - a))
+    ga, gb = F(a) - a, F(b) - b
+    if ga <= 0:
+        return a, down.size > 1
+    if gb >= 0:
+        return b, down.size > 1
     root = brentq(lambda x: F(x) - x, a, b, xtol=1e-16, rtol=1e-15, maxiter=200)
-    return root, down.size > 1, j
+    return root, down.size > 1
 
 
 @dataclass
@@ -557,7 +565,7 @@ def _point(st: Structure, hp: dict, R: float, closure: str) -> dict:
             hi *= 4.0
         else:
             raise ConvergenceError(f"cell {cell.name!r}: the variance map has no finite fixed point")
-        Q, multi, _ = _least_root(F, 0.0, hi, f"cell {cell.name!r}")
+        Q, multi = _least_root(F, 0.0, hi, f"cell {cell.name!r}")
         M, mom = _closed_mean(st, hp, R, Q)
         out["chi"] = _closed_chi(st, hp, R, Q, M, mom)
         h = 1e-4 * max(Q, 1e-4)
@@ -588,7 +596,7 @@ def _point(st: Structure, hp: dict, R: float, closure: str) -> dict:
         gaussian = closure == "gaussian"
         F = lambda Q: _law_Q(st, hp, R, Q, gaussian)[0]
         F_scan = None if gaussian else (lambda Q: _law_Q(st, hp, R, Q, grid=_M_GRIDS[0])[0])
-        Q, multi, _ = _least_root(F, 0.0, 1.0, f"cell {cell.name!r}", n_scan=12, F_scan=F_scan)
+        Q, multi = _least_root(F, 0.0, 1.0, f"cell {cell.name!r}", n_scan=12, F_scan=F_scan)
         val, law, K, mom = _law_Q(st, hp, R, Q, gaussian)
         m1, m2 = _exact_moments(st, mom)
         if gaussian:
