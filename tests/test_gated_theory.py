@@ -222,3 +222,27 @@ def test_arrays_broadcast():
     assert fp.Q_star.shape == (2, 2)
     one = mf.fixed_point("gru", sigma_w=1.5, mu_b_z=2.0)
     assert fp.Q_star[1, 1] == one.Q_star and fp.chi[1, 1] == one.chi
+
+
+def test_user_cell_with_shared_field_against_population():
+    """A coupled input-forget LSTM (B = (1 - f) tanh(e_g) shares the field e_f with A = f, so the law solver
+    integrates A and B jointly): Q*, Qc* against a population of 400,000 cell states iterated with fresh fields
+    at the theory's field variances (5 standard errors)."""
+    c, h, x, c_t, h_t = sp.symbols("c h x c_t h_t", real=True)
+    e_f, e_g, e_o = sp.symbols("e_f e_g e_o", real=True)
+    f = mf.sigmoid(e_f)
+    cifg = GatedCell("cifg-test", "fgo", (c, h), x, (Field(e_f, "f", h), Field(e_g, "g", h), Field(e_o, "o", h)),
+                     ((c_t, f * c + (1 - f) * sp.tanh(e_g)), (h_t, mf.sigmoid(e_o) * sp.tanh(c_t))), h_t)
+    fp = mf.fixed_point(cifg, sigma_w=1.0, mu_b_f=2.0, mu_b_g=0.3)
+    qf, qg, qo = (float(fp.q_star[s]) for s in (e_f, e_g, e_o))
+    rng = np.random.default_rng(3)
+    n = 400_000
+    cs = np.zeros(n)
+    for _ in range(150):
+        ff = expit(2.0 + np.sqrt(qf) * rng.standard_normal(n))
+        cs = ff * cs + (1 - ff) * np.tanh(0.3 + np.sqrt(qg) * rng.standard_normal(n))
+    hs = expit(np.sqrt(qo) * rng.standard_normal(n)) * np.tanh(cs)
+    se = lambda v: v.std() / np.sqrt(n)
+    assert abs(fp.Qc_star - np.mean(cs**2)) < 5 * se(cs**2)
+    assert abs(fp.Q_star - np.mean(hs**2)) < 5 * se(hs**2)
+    assert abs(fp.M_star - np.mean(cs)) < 5 * se(cs)

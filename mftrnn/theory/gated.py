@@ -57,7 +57,8 @@ from ..cells.gated import GatedCell, gate_hyperparameters
 from .field_integrals import FieldIntegral, gaussian_nodes
 from .perpetuity import chebyshev_grid, sech2_transform, sech4_transform, solve_characteristic
 
-__all__ = ["GatedFixedPoint", "gated_fixed_point", "analyse", "Structure", "stationary_law"]
+__all__ = ["GatedFixedPoint", "gated_fixed_point", "analyse", "Structure", "stationary_law", "StationaryLaw",
+           "cell_state_law"]
 
 _M_GRIDS = (64, 112, 192, 320)
 _LAW_TOL = 1e-11
@@ -340,11 +341,24 @@ class _LawKernel:
         return np.asarray(_fn(sym, expr)(x), float) * np.ones_like(x)
 
     def psi(self, H):
-        """psi_H(s_j beta_n) = E_gamma[exp(i s_j beta_n gamma) H] for the beta nodes: array (M+1, n_beta)."""
+        r"""psi_H(s_j beta_n) = E_gamma[exp(i s_j beta_n gamma) H]: array (M+1, n_beta).
+
+        For a bounded gamma (|gamma| <= 1.5, e.g. tanh) psi_H is entire of exponential type <= 1.5 in t, so it is
+        computed at 65 Chebyshev points of [0, t_max] and interpolated (error below 1e-14 for t_max <= 40;
+        psi(-t) = conj psi(t)); otherwise directly at every (s_j, beta_n).
+        """
         h = self._values(H, self.pc.c_field, self.xc)
-        t = np.multiply.outer(np.multiply.outer(self.grid.s, self.beta), self.gam)  # (M+1, nb, nc)
         wh = self.wc * h
-        return np.cos(t) @ wh + 1j * (np.sin(t) @ wh)  # numpy's complex exp is ~20x slower than cos and sin
+        t = np.multiply.outer(self.grid.s, self.beta)  # (M+1, nb)
+        t_max = float(np.abs(t).max())
+        if np.abs(self.gam).max() > 1.5 or t_max > 40 or t_max == 0:
+            ph = np.multiply.outer(t, self.gam)
+            return np.cos(ph) @ wh + 1j * (np.sin(ph) @ wh)  # numpy's complex exp is ~20x slower than cos, sin
+        g = chebyshev_grid(64, t_max)
+        ph = np.multiply.outer(g.s, self.gam)
+        vals = np.cos(ph) @ wh + 1j * (np.sin(ph) @ wh)
+        out = (g.interp(np.abs(t)) @ vals).reshape(t.shape)
+        return np.where(t < 0, np.conj(out), out)
 
     def matrix(self, expr, deriv):
         r"""Kernel of :math:`\psi \mapsto \mathbb E[e^{isB}\,\mathrm{expr}\,\psi^{(k)}(As)]` for ``expr`` a sum of
@@ -381,8 +395,32 @@ class StationaryLaw:
     error: float          # change of E[tanh^2 c] from the previous grid (bounds the error)
 
     def expect_tanh2(self) -> float:
+        r""":math:`\mathbb E_\pi[\tanh^2 c] = 1 - \frac1\pi\int_0^S \widehat{\operatorname{sech}^2}(s)\,
+        \mathrm{Re}\,\varphi(s)\,ds`."""
         g = self.grid
         return float(1.0 - np.sum(g.cc * self.phi.real * sech2_transform(g.s)) / np.pi)
+
+    def density(self, x) -> np.ndarray:
+        r"""Density of :math:`\pi` at ``x`` by Fourier inversion, :math:`p(x) = \frac1\pi\int_0^S
+        \mathrm{Re}[\varphi(s)e^{-isx}]\,ds` (resolution :math:`\sim\pi/S`; exact where :math:`\varphi(S)`
+        is negligible)."""
+        g = self.grid
+        x = np.asarray(x, float)
+        kern = np.exp(-1j * np.multiply.outer(x, g.s))
+        return (kern * self.phi * g.cc).real.sum(-1) / np.pi
+
+
+def cell_state_law(fp: "GatedFixedPoint") -> StationaryLaw:
+    """The stationary law of the carried state at a fixed point (scalar hyperparameters), from the field moments
+    the fixed point reports: its characteristic function, :meth:`StationaryLaw.density`, exact moments."""
+    from .._cells import get_cell
+    st = analyse(get_cell(fp.cell))
+    if np.ndim(fp.Q_star) != 0:
+        raise MftrnnError("cell_state_law needs a fixed point at scalar hyperparameters")
+    mom = {st.cell.input: (0.0, float(fp.params["R"]))}
+    for f in st.cell.fields:
+        mom[f.symbol] = (float(fp.params[f"mu_b_{f.gate}"]) if f.bias else 0.0, float(fp.q_star[f.symbol]))
+    return stationary_law(st, mom)[0]
 
 
 def _exact_moments(st, mom):
@@ -470,14 +508,16 @@ def _law_chi(st, hp, law, K, mom) -> float:
 
 
 # --------------------------------------------------------------------------- fixed points
-def _least_root(F, lo, hi, what, n_scan=24, F_scan=None):
+def _least_root(F, lo, hi, what, n_scan=24, F_scan=None, start=None):
     """Least stable root of g(Q) = F(Q) - Q on [lo, hi] (g(hi) < 0), found by a scan (of ``F_scan``, a cheaper
     version of F, if given) and Brent's method on F; returns (root, multistable flag).
 
     ``lo`` itself is returned when it is a fixed point (g(lo) = 0 to rounding: no input and no bias noise) that
-    is stable (g < 0 just above it).
+    is stable (g < 0 just above it). ``start``: a root of a nearby map (no scan; bracket grown around it).
     """
     tiny = 1e-14 * max(abs(hi), 1.0)
+    if start is not None:
+        return _root_near(F, lo, hi, start), False
     g_lo = F(lo) - lo
     if g_lo <= tiny:
         d = 1e-9 * (hi - lo)
@@ -503,6 +543,24 @@ def _least_root(F, lo, hi, what, n_scan=24, F_scan=None):
         return b, down.size > 1
     root = brentq(lambda x: F(x) - x, a, b, xtol=1e-16, rtol=1e-15, maxiter=200)
     return root, down.size > 1
+
+
+def _root_near(F, lo, hi, x0):
+    """Root of F(Q) - Q bracketed by growing an interval around ``x0`` (returns ``lo`` for a stable zero root)."""
+    if x0 <= lo:
+        return lo
+    d = 1e-6 * max(x0, 1e-12)
+    a, b = max(lo, x0 - d), min(hi, x0 + d)
+    for _ in range(80):
+        ga, gb = F(a) - a, F(b) - b
+        if ga > 0 and gb < 0:
+            return brentq(lambda x: F(x) - x, a, b, xtol=1e-16, rtol=1e-15, maxiter=200)
+        if ga <= 0 and a == lo:
+            return lo
+        d *= 4
+        a, b = (max(lo, x0 - d), b) if ga <= 0 else (a, b)
+        a, b = (a, min(hi, x0 + d)) if gb >= 0 else (a, b)
+    raise ConvergenceError("variance map: could not bracket the fixed point")
 
 
 @dataclass
@@ -594,9 +652,20 @@ def _point(st: Structure, hp: dict, R: float, closure: str) -> dict:
         out["Qs"] = Qs
     else:
         gaussian = closure == "gaussian"
-        F = lambda Q: _law_Q(st, hp, R, Q, gaussian)[0]
-        F_scan = None if gaussian else (lambda Q: _law_Q(st, hp, R, Q, grid=_M_GRIDS[0])[0])
-        Q, multi = _least_root(F, 0.0, 1.0, f"cell {cell.name!r}", n_scan=12, F_scan=F_scan)
+        if gaussian:
+            F = lambda Q: _law_Q(st, hp, R, Q, True)[0]
+            Q, multi = _least_root(F, 0.0, 1.0, f"cell {cell.name!r}", n_scan=12)
+        else:
+            # scan on the smallest grid; solve on the grid that resolves the law at the scan's root (one solve per
+            # evaluation); then check that grid's convergence at the root and solve again on a finer one if not
+            F_scan = lambda Q: _law_Q(st, hp, R, Q, grid=_M_GRIDS[0])[0]
+            Q, multi = _least_root(F_scan, 0.0, 1.0, f"cell {cell.name!r}", n_scan=12)
+            for _ in range(len(_M_GRIDS)):
+                M = stationary_law(st, _field_moments(st, hp, R, Q))[0].grid.M
+                F = lambda Q, M=M: _law_Q(st, hp, R, Q, grid=M)[0]
+                Q, _ = _least_root(F, 0.0, 1.0, f"cell {cell.name!r}", n_scan=12, start=Q)
+                if stationary_law(st, _field_moments(st, hp, R, Q))[0].grid.M <= M:
+                    break
         val, law, K, mom = _law_Q(st, hp, R, Q, gaussian)
         m1, m2 = _exact_moments(st, mom)
         if gaussian:
