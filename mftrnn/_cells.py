@@ -24,7 +24,7 @@ import sympy as sp
 
 from ._errors import MftrnnError, UnknownCellError
 from ._gaussian import sigmoid
-from .cells.gated import GRU, GRU_RESET_BEFORE, LSTM, LSTM_PEEPHOLE, GatedCell
+from .cells.gated import GRU, GRU_RESET_BEFORE, LSTM, LSTM_PEEPHOLE, Field, GatedCell
 
 __all__ = ["Cell", "Preactivation", "get_cell", "register_cell", "CELLS", "cells", "HYPER", "sigma_w", "sigma_v",
            "sigma_b", "mu_b", "R", "Sigma"]
@@ -65,6 +65,29 @@ class Cell:
 
     def recurrent_input(self, p: Preactivation) -> sp.Expr:
         return self.state if p.recurrent_input is None else p.recurrent_input
+
+    def as_gated(self) -> GatedCell:
+        """This cell written as a :class:`~mftrnn.cells.gated.GatedCell` with one gate ``"u"``.
+
+        The pre-activation becomes the field ``Field(e, "u", reads=<recurrent input>)`` (recurrent, input and bias
+        terms; hyperparameters ``sigma_w_u, ...``, or the shorthand ``sigma_w, ...``), the one state is carried to a
+        fresh symbol ``<state>_t`` by ``update``, which is also the output; name and input symbol are unchanged.
+        So the torch module (:class:`mftrnn.nets.gated.DerivedCell`) is derived from the same description as the
+        theory. Only for cells with one pre-activation (one gate shares one set of hyperparameters); the result is
+        not registered.
+        """
+        if len(self.preactivations) != 1:
+            raise MftrnnError(f"as_gated needs a cell with one pre-activation; {self.name!r} has "
+                              f"{len(self.preactivations)}")
+        (p,) = self.preactivations
+        taken = {str(s) for s in sp.sympify(self.update).free_symbols | {self.state, self.input, p.symbol}}
+        name = f"{self.state}_t"
+        while name in taken:
+            name += "'"
+        new = sp.Symbol(name, real=True)
+        return GatedCell(name=self.name, gates="u", states=(self.state,), input=self.input,
+                         fields=(Field(p.symbol, "u", self.recurrent_input(p)),),
+                         updates=((new, self.update),), output=new, description=self.description)
 
     def __repr__(self):
         return f"Cell({self.name!r}: h_t = {self.update})"

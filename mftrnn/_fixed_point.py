@@ -33,7 +33,7 @@ from ._errors import ConvergenceError, DomainError, MftrnnError
 from ._meanfield import C, M, M_a, M_b, Q, Q_a, Q_b, mean_field
 from ._numeric import Compiled
 
-__all__ = ["FixedPoint", "fixed_point", "iterate_maps", "timescale", "DEFAULTS"]
+__all__ = ["FixedPoint", "fixed_point", "iterate_maps", "timescale", "DEFAULTS", "unpack_fixed_point"]
 
 DEFAULTS = {"sigma_w": 1.0, "sigma_v": 1.0, "sigma_b": 0.0, "mu_b": 0.0, "R": 1.0}
 NONNEGATIVE = ("sigma_w", "sigma_v", "sigma_b", "R")
@@ -355,6 +355,20 @@ class FixedPoint:
             out[k] = None if (k.startswith("xi") and np.isinf(v)) else v
         out["multistable"] = bool(self.multistable)
         return out
+
+
+def unpack_fixed_point(cell, hyperparameters: dict):
+    """Let a computed :class:`FixedPoint` stand in for ``(cell, **hyperparameters)``: returns ``(cell,
+    hyperparameters, fp)`` with ``fp`` the given fixed point, or ``None`` when a cell (name) was given.
+
+    Functions that need the fixed point use ``fp`` instead of solving it again; giving both a fixed point and
+    hyperparameters is refused.
+    """
+    if isinstance(cell, FixedPoint):
+        if hyperparameters:
+            raise DomainError(f"give a FixedPoint or hyperparameters, not both (got {sorted(hyperparameters)})")
+        return cell.cell, dict(cell.params), cell
+    return cell, hyperparameters, None
 
 
 def fixed_point(cell, *, correlations: bool = False, **hyperparameters) -> FixedPoint:

@@ -82,7 +82,7 @@ import sympy as sp
 
 from ._cells import Cell, R, get_cell
 from ._errors import DomainError, MftrnnError
-from ._fixed_point import _evaluate, check_hyperparameters, fixed_point
+from ._fixed_point import _evaluate, check_hyperparameters, fixed_point, unpack_fixed_point
 from ._meanfield import M, Q, _affine_coefficients, mean_field
 from ._numeric import NUMPY_MODULES, Compiled, strip_half_width
 from ._quadrature import WINDOW, _rule, nodes_for
@@ -356,11 +356,12 @@ def state_moments(cell, kmax: int = 4, **hyperparameters) -> dict:
     Returns ``{k: H_k}`` (floats, or arrays for array hyperparameters). The stationary state of a gated cell is not
     Gaussian: e.g. :math:`H_4/Q^{*2}\ne3` for the minimalRNN.
     """
+    cell, hyperparameters, fp = unpack_fixed_point(cell, hyperparameters)
     cell = get_cell(cell, gated=False)
     if isinstance(kmax, bool) or int(kmax) != kmax or not 1 <= kmax <= 12:
         raise DomainError(f"kmax must be an integer in [1, 12], got {kmax!r}")
     hp = check_hyperparameters(cell, hyperparameters)
-    fp = fixed_point(cell, **hp)
+    fp = fp or fixed_point(cell, **hp)
     vals = _evaluate(_state_moment_compiled(cell, int(kmax)), fp.Q_star, *hp.values())
     return {k: _scalar_or_array(v) for k, v in zip(range(1, int(kmax) + 1), vals)}
 
@@ -371,10 +372,11 @@ def _scalar_or_array(v):
 
 
 def _step(cell, orthogonal, hyperparameters):
+    cell, hyperparameters, fp = unpack_fixed_point(cell, hyperparameters)
     cell = get_cell(cell, gated=False)
     _step_jacobian(cell)  # early, clear error for unsupported cells
     hp = check_hyperparameters(cell, hyperparameters)
-    fp = fixed_point(cell, **hp)
+    fp = fp or fixed_point(cell, **hp)
     pieces = _pieces(cell, fp.Q_star, hp)
     m1, variance = pieces.m1, pieces.step_variance(bool(orthogonal))
     if not (np.all(np.isfinite(m1)) and np.all(np.isfinite(variance))):
@@ -636,6 +638,7 @@ def coefficient_law(cell, *, n_state: int = 6, **hyperparameters) -> Coefficient
     (tested to 1e-8 relative for :math:`p+r\le4`); smooth functions of :math:`b` converge exponentially in :math:`n`.
     The vanilla RNN's :math:`b=1-\tanh^2e` needs the :math:`e` rule only.
     """
+    cell, hyperparameters, fp = unpack_fixed_point(cell, hyperparameters)
     cell = get_cell(cell, gated=False)
     jac = _step_jacobian(cell)
     if len(jac.b) != 1:
@@ -646,7 +649,7 @@ def coefficient_law(cell, *, n_state: int = 6, **hyperparameters) -> Coefficient
     if any(v.ndim for v in hp.values()):
         raise DomainError("coefficient_law takes scalar hyperparameters")
     hpf = {k: float(v) for k, v in hp.items()}
-    fp = fixed_point(cell, **hpf)
+    fp = fp or fixed_point(cell, **hpf)
     q_star, Q_star = float(fp.q_star), float(fp.Q_star)
     p = cell.preactivations[0]
     e_sym, h, x = p.symbol, cell.state, cell.input
@@ -747,11 +750,12 @@ def _joint_moment_compiled(cell: Cell, p: int, r: int) -> Compiled:
 def coefficient_moment(cell, p: int, r: int, **hyperparameters):
     r"""The mean-field expectation :math:`\mathbb E[a^p b^r]` at the fixed point, from the symbolic expressions
     (engine quadrature, no discretisation of the state's law); vectorised over the hyperparameters."""
+    cell, hyperparameters, fp = unpack_fixed_point(cell, hyperparameters)
     cell = get_cell(cell, gated=False)
     for name, v in (("p", p), ("r", r)):
         if isinstance(v, bool) or int(v) != v or v < 0:
             raise DomainError(f"{name} must be a non-negative integer, got {v!r}")
     hp = check_hyperparameters(cell, hyperparameters)
-    fp = fixed_point(cell, **hp)
+    fp = fp or fixed_point(cell, **hp)
     (val,) = _evaluate(_joint_moment_compiled(cell, int(p), int(r)), fp.Q_star, *hp.values())
     return _scalar_or_array(val)

@@ -61,7 +61,7 @@ import numpy as np
 import sympy as sp
 
 from ._errors import ConvergenceError, DomainError
-from ._fixed_point import DEFAULTS
+from ._fixed_point import DEFAULTS, FixedPoint, fixed_point, unpack_fixed_point
 from .free import DeformedStep, DiagonalLaw, FreeProduct, MarchenkoPastur, PointMass, density as _density
 
 __all__ = ["SpectralLaw", "spectral_law", "step_law", "spectral_density", "spectral_grid", "kolmogorov_distance"]
@@ -78,7 +78,7 @@ def _check_T(T) -> int:
     return int(T)
 
 
-def _fine_diagonal_law(cell, hp: dict, K: int = _FINE_ATOMS):
+def _fine_diagonal_law(cell, hp: dict, fp=None, K: int = _FINE_ATOMS):
     r"""Equal-weight law of :math:`b^2` for a cell with :math:`a\equiv0` whose :math:`b` depends on its pre-activation
     only (vanilla RNN: :math:`b = 1-\tanh^2e`), or None for other cells.
 
@@ -89,7 +89,6 @@ def _fine_diagonal_law(cell, hp: dict, K: int = _FINE_ATOMS):
     from scipy.special import ndtri
 
     from ._cells import get_cell
-    from ._fixed_point import fixed_point
     from .jacobian import step_jacobian
 
     cell = get_cell(cell, gated=False)
@@ -102,7 +101,7 @@ def _fine_diagonal_law(cell, hp: dict, K: int = _FINE_ATOMS):
     p = cell.preactivations[0]
     subs = {s: hp.get(s.name, DEFAULTS.get(s.name)) for s in cell.hyperparameters}
     mu = float(sp.sympify(p.mu_b).subs(subs))
-    q = float(fixed_point(cell, **hp).q_star)
+    q = float((fp or fixed_point(cell, **hp)).q_star)
     e = mu + math.sqrt(q) * ndtri((np.arange(K) + 0.5) / K)
     b = sp.lambdify(p.symbol, sp.sympify(parts[1]).subs(subs), "numpy")(e)
     b = np.broadcast_to(np.asarray(b, dtype=float), e.shape)
@@ -112,19 +111,23 @@ def _fine_diagonal_law(cell, hp: dict, K: int = _FINE_ATOMS):
 def step_law(cell, *, orthogonal: bool = False, **hyperparameters) -> FreeProduct:
     r"""The law of :math:`J_tJ_t^\top` for one step, as a :class:`~mftrnn.free.FreeProduct` (module docstring).
 
-    ``cell`` is a name or a :class:`~mftrnn.Cell`; hyperparameters as for :func:`mftrnn.fixed_point` (scalars).
+    ``cell`` is a name or a :class:`~mftrnn.Cell` with hyperparameters as for :func:`mftrnn.fixed_point` (scalars), or
+    a computed :class:`~mftrnn.FixedPoint` (the fixed point is then not solved again; it is solved once otherwise).
     Coefficients from :func:`~mftrnn.jacobian.coefficient_law` (with ``n_state=16`` atoms of the carried variable for
     orthogonal :math:`W`, which broadens the atoms of :math:`b` only weakly), except for :math:`a\equiv0` with
     orthogonal :math:`W`, where nothing broadens them and the law of :math:`b^2` is taken on
     ``_FINE_ATOMS`` equal-weight quantile atoms (:func:`_fine_diagonal_law`)."""
+    from ._cells import get_cell
     from .jacobian import coefficient_law
 
-    law = coefficient_law(cell, n_state=_ORTHOGONAL_STATE_ATOMS if orthogonal else 6, **hyperparameters)
+    cell, hyperparameters, fp = unpack_fixed_point(cell, hyperparameters)
+    fp = fp or fixed_point(get_cell(cell, gated=False), **hyperparameters)
+    law = coefficient_law(fp, n_state=_ORTHOGONAL_STATE_ATOMS if orthogonal else 6)
     s = float(law.sigma_w) ** 2
     if not s > 0:
         raise DomainError("the spectrum needs sigma_w > 0 (with sigma_w = 0 the Jacobian is diagonal)")
     if not np.any(law.a):
-        fine = _fine_diagonal_law(cell, hyperparameters) if orthogonal else None
+        fine = _fine_diagonal_law(cell, dict(fp.params), fp) if orthogonal else None
         D = DiagonalLaw(law.b ** 2, law.weight) if fine is None else DiagonalLaw(fine)
         W = PointMass(s) if orthogonal else MarchenkoPastur(s)
         return FreeProduct(((D, 1), (W, 1)))
@@ -325,8 +328,11 @@ def _spectral_law(cell, T, orthogonal, items):
 
 
 def spectral_law(cell, T, *, orthogonal: bool = False, **hyperparameters) -> SpectralLaw:
-    r"""The :class:`SpectralLaw` of :math:`JJ^\top` for the ``T``-step Jacobian of ``cell`` (cached)."""
+    r"""The :class:`SpectralLaw` of :math:`JJ^\top` for the ``T``-step Jacobian of ``cell`` (cached); ``cell`` may be a
+    computed :class:`~mftrnn.FixedPoint` (scalar hyperparameters) instead of a cell and hyperparameters."""
     T = _check_T(T)
+    if isinstance(cell, FixedPoint):
+        cell, hyperparameters, _ = unpack_fixed_point(cell, hyperparameters)
     items = []
     for k, v in sorted(hyperparameters.items()):
         try:

@@ -18,9 +18,31 @@ dim 0 of ``weight_ih``/``weight_hh``/``bias_ih``/``bias_hh`` in the cell's gate 
 biases; here the whole bias goes into ``bias_ih`` and ``bias_hh = 0`` (for the GRU candidate, ``b_hn`` is multiplied
 by the reset gate, and the derived GRU has :math:`b_{hn}=0`).
 
+Single-state cells (:class:`mftrnn.Cell`: ``vanilla``, ``minimal``) are derived through
+:meth:`mftrnn.Cell.as_gated` (one gate ``u``: ``weight_hh_u`` :math:`W`, ``weight_ih_u`` :math:`V`, ``bias_u``
+:math:`b`); :class:`DerivedCell` and :class:`DerivedRNN` take them directly and :func:`derived_module` builds the
+module of any registered cell by name. A cell whose update uses the input outside its fields (the minimalRNN's
+:math:`(1-u)\odot z`) needs ``input_size == hidden_size``.
+
 Fast implementations. :func:`register_implementation` records a torch class that computes a cell with the same
-parameters (the native / cuDNN ``nn.LSTM`` and ``nn.GRU`` for ``lstm`` and ``gru``); :func:`copy_to_torch` and
-:func:`copy_from_torch` move the weights between the derived module and it.
+parameters; :func:`copy_to_torch` and :func:`copy_from_torch` move the weights between the derived module and it.
+Registered here (each tested equal to the derived module, outputs and gradients, in ``tests/test_implementations.py``
+and ``tests/test_nets_gated.py``):
+
+* ``lstm``: ``nn.LSTM`` (native / cuDNN), ``nn.LSTMCell``; ``gru``: ``nn.GRU``, ``nn.GRUCell`` (stacked gates, see
+  above);
+* ``vanilla``: ``nn.RNN`` and ``nn.RNNCell`` with ``nonlinearity="tanh"`` (``weight_hh_l{l}`` :math:`=W`,
+  ``weight_ih_l{l}`` :math:`=V`, :math:`b` = ``bias_ih + bias_hh``; copied to torch as ``bias_ih = b``,
+  ``bias_hh = 0``), and :class:`mftrnn.nn.VanillaRNNCell` (``weight_hh``, ``weight_ih``, ``bias``, 1:1);
+* ``minimal``: :class:`mftrnn.nn.MinimalRNNCell` (1:1) and the hand-fused multi-layer
+  :class:`mftrnn.layers.MinimalRNN` (its own backward): ``weight_hh_l{l}`` :math:`=W`, ``weight_ih_l{l}``
+  :math:`=V`, ``bias_l{l}`` :math:`=b` of derived layer :math:`l`. The cell's input is the embedded :math:`z`;
+  with ``embed=True`` every layer of ``MinimalRNN`` (layer :math:`l>0` too) first maps its input through its own
+  embedding :math:`z = \Phi_l y + \phi_{b,l}` (``embed_weight_l{l}``, ``embed_bias_l{l}``), which is not part of
+  the cell: :func:`copy_to_torch` leaves it as it is and :func:`copy_from_torch` does not read it. Then layer
+  :math:`l` of ``MinimalRNN`` equals derived layer :math:`l` fed :math:`\Phi_l y + \phi_{b,l}` (:math:`y` the data
+  or layer :math:`l-1`'s states); with ``embed=False`` (:math:`z = x`, ``input_size == hidden_size``) the whole
+  ``MinimalRNN`` equals :class:`DerivedRNN`. Dropout between layers (training mode) has no derived counterpart.
 """
 from __future__ import annotations
 
@@ -32,11 +54,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .._cells import Cell, get_cell
 from .._errors import DomainError
 from ..cells.gated import GRU, LSTM, GatedCell, gate_hyperparameters
-from ..nn import haar_orthogonal
+from ..layers import MinimalRNN
+from ..nn import MinimalRNNCell, VanillaRNNCell, haar_orthogonal
 
-__all__ = ["DerivedCell", "DerivedRNN", "init_gated_", "Implementation", "register_implementation",
+__all__ = ["DerivedCell", "DerivedRNN", "derived_module", "init_gated_", "Implementation", "register_implementation",
            "implementations", "copy_to_torch", "copy_from_torch"]
 
 #: SymPy function name -> torch function, for the lambdified update rules
@@ -57,17 +81,33 @@ def _compile(expr, available: tuple, what: str):
     return sp.lambdify(args, expr, modules=[TORCH_FUNCTIONS, "math"]), args
 
 
+def _as_gated(cell) -> GatedCell:
+    """``cell`` as a :class:`GatedCell` (a single-state :class:`~mftrnn.Cell` through :meth:`~mftrnn.Cell.as_gated`)."""
+    if isinstance(cell, Cell):
+        return cell.as_gated()
+    if isinstance(cell, GatedCell):
+        return cell
+    raise DomainError(f"expected a Cell or GatedCell, got {type(cell).__name__}; use derived_module for a name")
+
+
 class DerivedCell(nn.Module):
     r"""One step of ``cell``: ``forward(x, state) -> new state`` (tuples in the order of ``cell.states``).
 
-    ``x`` is ``(batch, input_size)``, each state ``(batch, hidden_size)``. Parameters per gate :math:`K`:
-    ``weight_hh_K`` :math:`(N, N)`, ``weight_ih_K`` :math:`(N, N_{in})`, ``bias_K`` :math:`(N,)`, each present when
-    some field of gate :math:`K` has that term. Initialised by :func:`init_gated_` with its defaults.
+    ``cell``: a :class:`GatedCell` or a single-state :class:`~mftrnn.Cell` (converted by
+    :meth:`~mftrnn.Cell.as_gated`; ``self.cell`` is the gated form). ``x`` is ``(batch, input_size)``, each state
+    ``(batch, hidden_size)``. Parameters per gate :math:`K`: ``weight_hh_K`` :math:`(N, N)`, ``weight_ih_K``
+    :math:`(N, N_{in})`, ``bias_K`` :math:`(N,)`, each present when some field of gate :math:`K` has that term.
+    Initialised by :func:`init_gated_` with its defaults.
     """
 
-    def __init__(self, cell: GatedCell, input_size: int, hidden_size: int, dtype=torch.float32):
+    def __init__(self, cell, input_size: int, hidden_size: int, dtype=torch.float32):
         super().__init__()
+        cell = _as_gated(cell)
         self.cell, self.input_size, self.hidden_size = cell, int(input_size), int(hidden_size)
+        in_update = any(cell.input in sp.sympify(e).free_symbols for e in cell.explicit_updates().values())
+        if in_update and self.input_size != self.hidden_size:
+            raise DomainError(f"cell {cell.name!r} adds its input {cell.input} to the state, so input_size must equal "
+                              f"hidden_size, got {self.input_size} != {self.hidden_size}")
         for K in cell.gates:
             fields = [f for f in cell.fields if f.gate == K]
             shapes = {"weight_hh": ((hidden_size, hidden_size), any(f.reads is not None for f in fields)),
@@ -116,7 +156,8 @@ class DerivedCell(nn.Module):
 
 
 class DerivedRNN(nn.Module):
-    """Stacked :class:`DerivedCell` layers over a sequence, in ``torch.nn.LSTM``'s layout.
+    """Stacked :class:`DerivedCell` layers over a sequence, in ``torch.nn.LSTM``'s layout (``cell``: a
+    :class:`GatedCell` or a single-state :class:`~mftrnn.Cell`, as for :class:`DerivedCell`).
 
     ``forward(x, state=None) -> (outputs, state)``: ``x`` is ``(seq_len, batch, input_size)``; ``outputs`` the
     last layer's ``cell.output`` at every step, ``(seq_len, batch, hidden_size)``; ``state`` a tuple in the order of
@@ -124,9 +165,10 @@ class DerivedRNN(nn.Module):
     the outputs of layer :math:`l-1`.
     """
 
-    def __init__(self, cell: GatedCell, input_size: int, hidden_size: int, num_layers: int = 1,
+    def __init__(self, cell, input_size: int, hidden_size: int, num_layers: int = 1,
                  dtype=torch.float32):
         super().__init__()
+        cell = _as_gated(cell)
         self.cell, self.hidden_size = cell, int(hidden_size)
         self.layers = nn.ModuleList(DerivedCell(cell, input_size if l == 0 else hidden_size, hidden_size, dtype)
                                     for l in range(num_layers))
@@ -143,6 +185,13 @@ class DerivedRNN(nn.Module):
             out = torch.stack(ys)
             finals.append(s)
         return out, tuple(torch.stack(per_layer) for per_layer in zip(*finals))
+
+
+def derived_module(cell, input_size: int, hidden_size: int, num_layers: int = 1,
+                   dtype=torch.float32) -> DerivedRNN:
+    """The :class:`DerivedRNN` of ``cell``: a registered name (any of :func:`mftrnn.cells`), a :class:`~mftrnn.Cell`
+    or a :class:`GatedCell`. Single-state cells go through :meth:`~mftrnn.Cell.as_gated` (one gate ``u``)."""
+    return DerivedRNN(_as_gated(get_cell(cell)), input_size, hidden_size, num_layers, dtype)
 
 
 # --------------------------------------------------------------------------- parameter blocks
@@ -271,29 +320,35 @@ def _implementation(cell: GatedCell, module) -> Implementation:
 
 
 def copy_to_torch(derived, torch_module):
-    """Copy a :class:`DerivedCell` / :class:`DerivedRNN`'s weights into its registered torch counterpart."""
+    """Copy a :class:`DerivedCell` / :class:`DerivedRNN`'s weights into its registered torch counterpart (layouts in
+    the module docstring; torch's ``bias_hh`` is set to 0, a ``MinimalRNN``'s embedding is left as it is)."""
     _implementation(derived.cell, torch_module).to_torch(derived, torch_module)
     return torch_module
 
 
 def copy_from_torch(torch_module, derived):
-    """Copy a registered torch module's weights into a :class:`DerivedCell` / :class:`DerivedRNN`."""
+    """Copy a registered torch module's weights into a :class:`DerivedCell` / :class:`DerivedRNN` (``bias_ih +
+    bias_hh`` where the two add; a ``MinimalRNN``'s embedding is not read)."""
     _implementation(derived.cell, torch_module).from_torch(torch_module, derived)
     return derived
 
 
-def _paired_blocks(derived, module) -> list:
-    """``[(derived layer, torch layer)]``, checked to match in number and shapes."""
-    ours, theirs = _derived_blocks(derived), _stacked_blocks(module, derived.cell.gates)
+def _shape(t):
+    return None if t is None else tuple(t.shape)
+
+
+def _paired_blocks(derived, module, theirs: list) -> list:
+    """``[(derived layer, torch layer)]`` of ``{gate: _Block}``, checked to match in number and shapes."""
+    ours = _derived_blocks(derived)
     if getattr(module, "bidirectional", False) or len(ours) != len(theirs):
         raise DomainError(f"{len(ours)} derived layer(s) cannot be paired with {type(module).__name__} "
                           f"(num_layers={getattr(module, 'num_layers', 1)}, "
                           f"bidirectional={getattr(module, 'bidirectional', False)})")
     for d, t in zip(ours, theirs):
         for K in derived.cell.gates:
-            if d[K].W.shape != t[K].W.shape or d[K].V.shape != t[K].V.shape:
-                raise DomainError(f"gate {K}: derived weights {tuple(d[K].W.shape)}, {tuple(d[K].V.shape)} vs "
-                                  f"torch {tuple(t[K].W.shape)}, {tuple(t[K].V.shape)}")
+            if (_shape(d[K].W), _shape(d[K].V)) != (_shape(t[K].W), _shape(t[K].V)):
+                raise DomainError(f"gate {K}: derived weights {_shape(d[K].W)}, {_shape(d[K].V)} vs "
+                                  f"torch {_shape(t[K].W)}, {_shape(t[K].V)}")
     return list(zip(ours, theirs))
 
 
@@ -302,35 +357,86 @@ def _bias_folds(cell: GatedCell, K: str) -> bool:
     return any(f.reads is not None and f.bias for f in cell.fields if f.gate == K)
 
 
-@torch.no_grad()
-def _stacked_to_torch(derived, module) -> None:
-    for d, t in _paired_blocks(derived, module):
+def _blocks_to_torch(pairs: list, module) -> None:
+    for d, t in pairs:
         for K, blk in d.items():
             t[K].W.copy_(blk.W)
             t[K].V.copy_(blk.V)
             if t[K].b is not None:
                 t[K].b.copy_(blk.b)
-                t[K].b_hh.zero_()
+                if t[K].b_hh is not None:
+                    t[K].b_hh.zero_()
             elif blk.b.any():
                 raise DomainError(f"{type(module).__name__} has bias=False but the derived bias_{K} is non-zero")
 
 
-@torch.no_grad()
-def _stacked_from_torch(module, derived) -> None:
-    for d, t in _paired_blocks(derived, module):
+def _blocks_from_torch(pairs: list, cell: GatedCell) -> None:
+    for d, t in pairs:
         for K, blk in d.items():
             blk.W.copy_(t[K].W)
             blk.V.copy_(t[K].V)
             if t[K].b is None:
                 blk.b.zero_()
-            elif _bias_folds(derived.cell, K):
+            elif t[K].b_hh is None:
+                blk.b.copy_(t[K].b)
+            elif _bias_folds(cell, K):
                 blk.b.copy_(t[K].b + t[K].b_hh)
             elif t[K].b_hh.any():
-                raise DomainError(f"bias_hh of gate {K} is non-zero; the derived {derived.cell.name} has no "
+                raise DomainError(f"bias_hh of gate {K} is non-zero; the derived {cell.name} has no "
                                   f"such bias (b_h{K} = 0 by convention)")
             else:
                 blk.b.copy_(t[K].b)
 
 
+def _copiers(blocks: Callable, check: Callable | None = None) -> tuple:
+    """``(to_torch, from_torch)`` for a torch layout: ``blocks(module, cell)`` gives its ``[{gate: _Block}]`` per
+    layer; ``check(module)`` refuses configurations that compute another cell."""
+
+    @torch.no_grad()
+    def to_torch(derived, module) -> None:
+        if check is not None:
+            check(module)
+        _blocks_to_torch(_paired_blocks(derived, module, blocks(module, derived.cell)), module)
+
+    @torch.no_grad()
+    def from_torch(module, derived) -> None:
+        if check is not None:
+            check(module)
+        _blocks_from_torch(_paired_blocks(derived, module, blocks(module, derived.cell)), derived.cell)
+
+    return to_torch, from_torch
+
+
+def _one_gate(cell: GatedCell) -> str:
+    if len(cell.gates) != 1:
+        raise DomainError(f"a single-state torch module holds one gate; cell {cell.name!r} has {cell.gates!r}")
+    return cell.gates
+
+
+def _cell_module_blocks(module, cell: GatedCell) -> list:
+    """One layer of :mod:`mftrnn.nn`'s ``weight_hh``, ``weight_ih``, ``bias`` (``VanillaRNNCell``, ``MinimalRNNCell``)."""
+    return [{_one_gate(cell): _Block(module.weight_hh, module.weight_ih, module.bias)}]
+
+
+def _minimal_rnn_blocks(module, cell: GatedCell) -> list:
+    """``weight_hh_l{l}``, ``weight_ih_l{l}`` (acting on the embedded z), ``bias_l{l}`` of a ``MinimalRNN``; the
+    embedding ``embed_weight_l{l}``, ``embed_bias_l{l}`` is not part of the cell (module docstring)."""
+    K = _one_gate(cell)
+    return [{K: _Block(p["W"], p["V"], p["b"])} for p in map(module.layer_parameters, range(module.num_layers))]
+
+
+def _check_tanh(module) -> None:
+    if module.nonlinearity != "tanh":
+        raise DomainError(f"{type(module).__name__} with nonlinearity={module.nonlinearity!r} is not the vanilla "
+                          f"cell (tanh)")
+
+
+_stacked_to_torch, _stacked_from_torch = _copiers(lambda m, cell: _stacked_blocks(m, cell.gates))
 for _cls, _cell in _TORCH_CELLS.items():
     register_implementation(_cell.name, _cls, _stacked_to_torch, _stacked_from_torch)
+for _cls in (nn.RNN, nn.RNNCell):
+    register_implementation("vanilla", _cls, *_copiers(lambda m, cell: _stacked_blocks(m, _one_gate(cell)),
+                                                       _check_tanh))
+register_implementation("vanilla", VanillaRNNCell, *_copiers(_cell_module_blocks))
+register_implementation("minimal", MinimalRNNCell, *_copiers(_cell_module_blocks))
+register_implementation("minimal", MinimalRNN, *_copiers(_minimal_rnn_blocks))

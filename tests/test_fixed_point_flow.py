@@ -1,0 +1,56 @@
+"""Results flow downstream: functions that need a fixed point accept a computed FixedPoint (and do not solve it
+again), and given a cell and hyperparameters they solve it once."""
+import numpy as np
+import pytest
+
+import mftrnn as mf
+import mftrnn.jacobian as jac
+import mftrnn.spectrum as spec
+
+
+@pytest.fixture
+def count(monkeypatch):
+    calls = []
+
+    def counting(cell, **kw):
+        calls.append(cell)
+        return mf.fixed_point(cell, **kw)
+
+    monkeypatch.setattr(jac, "fixed_point", counting)
+    monkeypatch.setattr(spec, "fixed_point", counting)
+    return calls
+
+
+def test_step_moments_from_fixed_point(count):
+    fp = mf.fixed_point("minimal", sigma_w=2.0, mu_b=3.0)
+    a = mf.step_moments(fp, orthogonal=True)
+    assert count == []
+    b = mf.step_moments("minimal", orthogonal=True, sigma_w=2.0, mu_b=3.0)
+    assert len(count) == 1
+    assert a["m2"] == b["m2"] and a["chi"] == fp.chi
+
+
+def test_other_functions_accept_fixed_point(count):
+    fp = mf.fixed_point("vanilla", sigma_w=1.3, sigma_v=0.4)
+    assert mf.state_moments(fp)[2] == pytest.approx(fp.Q_star, rel=1e-12)
+    assert mf.coefficient_moment(fp, 2, 0) == mf.coefficient_moment("vanilla", 2, 0, sigma_w=1.3, sigma_v=0.4)
+    assert mf.product_moments(fp, 5)["mean"] == pytest.approx(fp.chi ** 5, rel=1e-12)
+    law = mf.coefficient_law(fp)
+    assert np.sum(law.weight) == pytest.approx(1.0)
+    assert len(count) == 1  # only the call given a name
+
+
+def test_spectral_density_solves_once(count):
+    x = np.geomspace(0.05, 5, 7)
+    spec._spectral_law.cache_clear()
+    d = mf.spectral_density("vanilla", 3, x, orthogonal=True, sigma_w=1.1, sigma_v=0.3)
+    assert len(count) == 1
+    fp = mf.fixed_point("vanilla", sigma_w=1.1, sigma_v=0.3)
+    spec._spectral_law.cache_clear()
+    assert np.allclose(mf.spectral_density(fp, 3, x, orthogonal=True), d, rtol=1e-12, atol=0)
+
+
+def test_fixed_point_and_hyperparameters_refused():
+    fp = mf.fixed_point("vanilla")
+    with pytest.raises(mf.DomainError, match="not both"):
+        mf.step_moments(fp, sigma_w=2.0)
