@@ -47,26 +47,44 @@ equal in distribution to drawing the whole matrix, at :math:`O(N)` instead of
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 
 import numpy as np
+import sympy as sp
 import torch
 
-from .nn import check_hyperparameters, haar_orthogonal, minimal_update, vanilla_update
+from ._cells import Cell, get_cell
+from .nets.gated import TORCH_FUNCTIONS
+from .nn import check_hyperparameters, haar_orthogonal
 
 __all__ = ["simulate", "SimulationResult", "measure_chi", "ChiEstimate"]
 
-_CELL_NAMES = ("vanilla", "minimal")
-
 
 # --------------------------------------------------------------------------- helpers
+def _cell(cell) -> Cell:
+    """The registered single-state cell (a name, a :class:`~mftrnn.Cell` or an object with such a ``name``) with one
+    pre-activation; gated cells have their own simulator (:mod:`mftrnn.nets.simulate_gated`)."""
+    if not isinstance(cell, Cell):
+        name = cell if isinstance(cell, str) else getattr(cell, "name", None)
+        cell = get_cell(name.lower() if isinstance(name, str) else cell, gated=False)
+    if len(cell.preactivations) != 1:
+        raise ValueError(f"the simulator supports cells with one pre-activation; {cell.name!r} has "
+                         f"{len(cell.preactivations)}")
+    return cell
+
+
 def _cell_name(cell) -> str:
-    """Accept "vanilla"/"minimal" or any object with such a ``name`` attribute."""
-    name = cell if isinstance(cell, str) else getattr(cell, "name", None)
-    if not isinstance(name, str) or name.lower() not in _CELL_NAMES:
-        raise ValueError(f"unknown cell {cell!r}; expected one of {_CELL_NAMES}")
-    return name.lower()
+    return _cell(cell).name
+
+
+@functools.lru_cache(maxsize=None)
+def _torch_update(cell: Cell):
+    """The cell's update rule ``h_t(e, h_{t-1}, x_t)`` lambdified to torch: the simulator steps the same
+    description as the theory and :mod:`mftrnn.nets.gated`."""
+    p = cell.preactivations[0]
+    return sp.lambdify((p.symbol, cell.state, cell.input), cell.update, modules=[TORCH_FUNCTIONS, "math"])
 
 
 def _check_int(name: str, value, minimum: int) -> int:
@@ -142,6 +160,7 @@ class _Networks:
     def __init__(self, cell, B, N, N_in, sigma_w, sigma_v, sigma_b, mu_b, tied, orthogonal,
                  gen, dtype, device):
         self.cell, self.B, self.N, self.N_in = cell, B, N, N_in
+        self.update = _torch_update(_cell(cell))
         self.sigma_w, self.sigma_v, self.sigma_b, self.mu_b = sigma_w, sigma_v, sigma_b, mu_b
         self.tied, self.orthogonal, self.gen = tied, orthogonal, gen
         kw = dict(generator=gen, dtype=dtype, device=device)
@@ -168,9 +187,7 @@ class _Networks:
 
     def step(self, ha, hb, xa, xb):
         ea, eb = self.preactivations(ha, hb, xa, xb)
-        if self.cell == "vanilla":
-            return vanilla_update(ea), vanilla_update(eb)
-        return minimal_update(ea, ha, xa), minimal_update(eb, hb, xb)
+        return self.update(ea, ha, xa), self.update(eb, hb, xb)
 
 
 def _inputs(B, N_in, R, Sigma, gen, dtype, device):
@@ -193,13 +210,15 @@ def _initial_states(B, N, Q0, Q0b, C0, gen, dtype, device):
 
 
 def _validate(cell, N, T, sigma_w, sigma_v, sigma_b, mu_b, R, Sigma, Q0, C0, Q0b, N_in, n_networks):
-    cell = _cell_name(cell)
+    cell_obj = _cell(cell)
+    cell = cell_obj.name
     N = _check_int("N", N, 1)
     T = _check_int("T", T, 0)
     n_networks = _check_int("n_networks", n_networks, 1)
     N_in = N if N_in is None else _check_int("N_in", N_in, 1)
-    if cell == "minimal" and N_in != N:
-        raise ValueError(f"the minimalRNN input z_t has the state's dimension N={N}; got N_in={N_in}")
+    if cell_obj.input in cell_obj.update.free_symbols and N_in != N:
+        raise ValueError(f"the {cell} cell adds its input to the state, so the input has the state's dimension "
+                         f"N={N}; got N_in={N_in}")
     sigma_w, sigma_v, sigma_b, mu_b = check_hyperparameters(sigma_w, sigma_v, sigma_b, mu_b)
     R = _check_finite("R", R, 0.0)
     Sigma = _check_finite("Sigma", Sigma)
