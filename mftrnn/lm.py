@@ -62,14 +62,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import hashlib
 import json
 import math
 import os
-import platform
 import shlex
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -81,7 +78,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ._errors import ConvergenceError, DataError, MftrnnError
-from ._io import atomic_write
+from .experiments.harness import load_checkpoint, provenance, save_checkpoint, utc_now, write_json_atomic
 from .data import SPLITS, Corpus, batchify, bptt_batches, build_vocab, load_corpus, tokenize
 from .layers import MinimalRNN, init_minimal_rnn_
 
@@ -621,52 +618,6 @@ def _resolve_device(device: str | torch.device) -> torch.device:
     return dev
 
 
-def _device_name(dev: torch.device) -> str:
-    if dev.type == "cuda":
-        return f"cuda: {torch.cuda.get_device_name(dev)}"
-    name = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    name = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"cpu: {name}"
-
-
-def _git(*args: str) -> str | None:
-    root = Path(__file__).resolve().parent.parent
-    try:
-        out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
-
-
-def provenance(device: torch.device | str = "cpu", command: str | None = None) -> dict:
-    """Where and with what a run was made: command line, git commit and dirty flag, device, versions, date."""
-    dev = torch.device(device)
-    status = _git("status", "--porcelain", "--untracked-files=no")
-    from . import __version__
-    return dict(command=command, git_commit=_git("rev-parse", "HEAD"),
-                git_dirty=None if status is None else bool(status), device=_device_name(dev),
-                torch=torch.__version__, python=platform.python_version(), mftrnn=__version__,
-                threads=torch.get_num_threads(),
-                date_utc=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
-
-
-def _write_atomic(path: Path, write: Callable) -> None:
-    """``write(fileobj)`` into a temporary file beside ``path``, then ``os.replace`` it onto ``path``."""
-    atomic_write(path, write)
-
-
-def _write_json(path: Path, obj: dict) -> None:
-    text = json.dumps(obj, indent=1, allow_nan=False) + "\n"
-    _write_atomic(path, lambda fh: fh.write(text.encode("utf-8")))
-
-
 def read_result(path: str | os.PathLike) -> dict:
     """The result dict of a run (its JSON file); :class:`mftrnn.MftrnnError` if it is not one."""
     path = Path(path)
@@ -754,18 +705,6 @@ class _Run:
         _set_rng_state(ck["rng"], dev)
 
 
-def _save_checkpoint(path: Path, payload: dict) -> None:
-    _write_atomic(path, lambda fh: torch.save(payload, fh))
-
-
-def _load_checkpoint(path: Path) -> dict:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise MftrnnError(f"cannot read checkpoint {path} ({type(exc).__name__}: {exc}); delete it to start "
-                          f"the run afresh") from None
-
-
 def _diverged(what: str, value: float, run: _Run, epoch: int, batch: int, checkpoint: Path | None,
               saved: tuple | None) -> ConvergenceError:
     if checkpoint is not None and saved is not None:
@@ -843,7 +782,7 @@ def train(config: LMConfig, corpus: Corpus | None = None, out: str | os.PathLike
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr)
     run = _Run(learning_rate(config, 0))
     if ck_path is not None and ck_path.exists():
-        ck = _load_checkpoint(ck_path)
+        ck = load_checkpoint(ck_path)
         if ck.get("format") != CHECKPOINT_FORMAT:
             raise MftrnnError(f"{ck_path} is not an mftrnn language-model checkpoint")
         if ck["config"] != config.to_dict() or ck["corpus"] != corpus_info:
@@ -853,7 +792,7 @@ def train(config: LMConfig, corpus: Corpus | None = None, out: str | os.PathLike
         say(f"resuming from {ck_path} at epoch {run.epoch + 1}, batch {run.batch}")
     run.sessions += 1
     if run.started_utc is None:
-        run.started_utc = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        run.started_utc = utc_now()
     session_start = time.perf_counter()
     wall_before = run.wall_seconds
     params = count_parameters(config.cell, config.hidden_size, V, config.num_layers, config.emb_size,
@@ -875,7 +814,7 @@ def train(config: LMConfig, corpus: Corpus | None = None, out: str | os.PathLike
         if ck_path is None:
             return
         run.wall_seconds = wall_before + (time.perf_counter() - session_start)
-        _save_checkpoint(ck_path, run.checkpoint(config, model, optimizer, dev, corpus_info))
+        save_checkpoint(ck_path, run.checkpoint(config, model, optimizer, dev, corpus_info))
         saved = (run.epoch, run.batch)
 
     def result(status: str) -> dict:
@@ -898,7 +837,7 @@ def train(config: LMConfig, corpus: Corpus | None = None, out: str | os.PathLike
         if out_path is not None:
             failed = result("diverged")
             failed["error"] = str(exc)
-            _write_json(out_path, failed)
+            write_json_atomic(out_path, failed)
         raise
     if ck_path is not None and ck_path.exists() and not keep_checkpoint:
         ck_path.unlink()
@@ -990,7 +929,7 @@ def _train_loop(config, model, optimizer, run, dev, corpus, train_data, valid_da
         run.lr = learning_rate(config, e + 1, current=run.lr, valid_loss=valid_loss, best_valid_loss=previous_best)
         save()
         if out_path is not None:
-            _write_json(out_path, result("running"))
+            write_json_atomic(out_path, result("running"))
 
     if run.best_state is not None:
         model.load_state_dict(run.best_state)
@@ -1001,7 +940,7 @@ def _train_loop(config, model, optimizer, run, dev, corpus, train_data, valid_da
     res = result("finished")
     res.update(test_loss=test_loss, test_ppl=_ppl(test_loss), test_eval_seconds=round(time.perf_counter() - t1, 2))
     if out_path is not None:
-        _write_json(out_path, res)
+        write_json_atomic(out_path, res)
     say(f"{config.cell}: test ppl {res['test_ppl']:.2f} (parameters of epoch {run.best_epoch}, valid ppl "
         f"{res['best_valid_ppl']:.2f}); {params['total']:,} parameters; wall time "
         f"{res['provenance']['wall_time_s']:.0f} s" + (f"; wrote {out_path}" if out_path is not None else ""))

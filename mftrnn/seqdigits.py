@@ -60,7 +60,6 @@ accuracy curves from the result files.
 from __future__ import annotations
 
 import dataclasses
-import datetime as _dt
 import gzip
 import json
 import math
@@ -68,7 +67,6 @@ import os
 import platform
 import shlex
 import struct
-import subprocess
 import sys
 import time
 import types
@@ -82,7 +80,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ._io import atomic_write
+from .experiments.harness import device_name, git_state, save_checkpoint, utc_now, write_json_atomic
 from . import data as _data
 from ._errors import ConvergenceError, DataError, DomainError, MftrnnError, UnknownCellError
 
@@ -752,44 +750,6 @@ def default_checkpoint_path(out: str | os.PathLike) -> Path:
     return out.with_name("." + out.stem + ".ckpt.pt")
 
 
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return f"cpu: {line.split(':', 1)[1].strip()} ({os.cpu_count()} cores)"
-    except OSError:
-        pass
-    return f"cpu: {platform.processor() or platform.machine()} ({os.cpu_count()} cores)"
-
-
-def _git_state() -> dict:
-    """``{"commit": sha or None, "dirty": bool or None}`` of the repository that holds this package."""
-    root = Path(__file__).resolve().parent.parent
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
-                                timeout=20, check=True).stdout.strip()
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                                capture_output=True, text=True, timeout=20, check=True).stdout
-        return {"commit": commit, "dirty": bool(status.strip())}
-    except (OSError, subprocess.SubprocessError):
-        return {"commit": None, "dirty": None}
-
-
-def _utc_now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
-
-
-def _write_json_atomic(path: Path, obj: dict) -> None:
-    text = json.dumps(obj, indent=1, allow_nan=False) + "\n"
-    atomic_write(path, lambda fh: fh.write(text.encode()))
-
-
-def _save_checkpoint(path: Path, state: dict) -> None:
-    atomic_write(path, lambda fh: torch.save(state, fh))
-
-
 def load_results(paths) -> list[dict]:
     """Result dicts from a folder (every ``*.json`` in it, sorted), one file, or a list of files/dicts."""
     if isinstance(paths, (str, os.PathLike)):
@@ -865,7 +825,7 @@ def train(config: DigitsConfig, out: str | os.PathLike, *, data: DigitsData | No
     batch_gen = torch.Generator().manual_seed(config.seed + 1_000_003)
 
     step, curve, elapsed, run_sum, run_n, sessions = 0, [], 0.0, 0.0, 0, 0
-    started = _utc_now()
+    started = utc_now()
     if ckpt.exists():
         try:
             st = torch.load(ckpt, map_location="cpu", weights_only=True)
@@ -908,16 +868,16 @@ def train(config: DigitsConfig, out: str | os.PathLike, *, data: DigitsData | No
             "final": final, "diverged": diverged, "curve": curve,
             "provenance": {
                 "command": command if command is not None else shlex.join([Path(sys.argv[0]).name] + sys.argv[1:]),
-                **_git_state(), "device": _device_name(device), "torch": torch.__version__,
+                **git_state(), "device": device_name(device), "torch": torch.__version__,
                 "python": platform.python_version(), "threads": torch.get_num_threads(),
-                "started": started, "finished": _utc_now(), "wall_time_s": round(wall(), 3),
+                "started": started, "finished": utc_now(), "wall_time_s": round(wall(), 3),
                 "sessions": sessions, "data": data.sources,
             },
         }
 
     def diverge(message: str):
         res = result("diverged", {"step": step, "message": message})
-        _write_json_atomic(out, res)
+        write_json_atomic(out, res)
         ckpt.unlink(missing_ok=True)
         raise ConvergenceError(f"{config.label()}: training diverged at step {step}: {message}; "
                                f"result written to {out} with status 'diverged'")
@@ -930,7 +890,7 @@ def train(config: DigitsConfig, out: str | os.PathLike, *, data: DigitsData | No
     model.train()
     while step < config.steps:
         if stop_after is not None and step >= stop_after:
-            _save_checkpoint(ckpt, snapshot())
+            save_checkpoint(ckpt, snapshot())
             log(f"{out.name}: stopped at step {step} (stop_after); checkpoint {ckpt}")
             return {"status": "interrupted", "step": step, "curve": curve, "checkpoint": str(ckpt)}
         idx = torch.randint(task.n_train, (config.batch_size,), generator=batch_gen)
@@ -958,10 +918,10 @@ def train(config: DigitsConfig, out: str | os.PathLike, *, data: DigitsData | No
             log(f"{out.name}: step {step}/{config.steps} train loss {curve[-1]['train_loss']:.4f} "
                 f"test acc {acc:.4f} loss {tl:.4f} ({wall():.0f} s)")
             if step < config.steps and time.perf_counter() - last_ckpt >= checkpoint_every_s:
-                _save_checkpoint(ckpt, snapshot())
+                save_checkpoint(ckpt, snapshot())
                 last_ckpt = time.perf_counter()
     res = result("finished")
-    _write_json_atomic(out, res)
+    write_json_atomic(out, res)
     ckpt.unlink(missing_ok=True)
     log(f"{out.name}: finished, final test accuracy {res['final']['test_accuracy']:.4f} "
         f"in {res['provenance']['wall_time_s']:.0f} s")

@@ -310,7 +310,7 @@ class _LawKernel:
     def __init__(self, st: Structure, mom: dict, M: int):
         self.st, self.mom = st, mom
         self.pc = pc = _law_pieces(st)
-        self.grid = g = chebyshev_grid(M)
+        self.grid = chebyshev_grid(M)
         self.xa, self.wa = _nodes(st.A, pc.a_field, mom)
         self.Aval = np.asarray(_fn(pc.a_field, st.A)(self.xa), float) * np.ones_like(self.xa)
         self.joint = pc.b_field == pc.a_field
