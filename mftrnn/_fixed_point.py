@@ -30,6 +30,7 @@ import numpy as np
 from ._cells import Sigma, get_cell
 from .cells.gated import GatedCell
 from ._errors import ConvergenceError, DomainError, MftrnnError
+from ._validate import finite_array
 from ._meanfield import C, M, M_a, M_b, Q, Q_a, Q_b, mean_field
 from ._numeric import Compiled
 
@@ -61,14 +62,7 @@ def check_hyperparameters(cell, values: dict) -> dict:
         v = values.get(n, DEFAULTS.get(n))
         if v is None:
             raise DomainError(f"hyperparameter {n} has no default; give a value")
-        try:
-            a = np.asarray(v, dtype=float)
-        except (TypeError, ValueError):
-            raise DomainError(f"{n} must be a number or an array of numbers, got {v!r}") from None
-        if not np.all(np.isfinite(a)):
-            raise DomainError(f"{n} must be finite, got {v!r}")
-        if n in NONNEGATIVE and np.any(a < 0):
-            raise DomainError(f"{n} must be non-negative (it is a standard deviation or second moment), got {v!r}")
+        a = finite_array(n, v, nonnegative=n in NONNEGATIVE)
         out[n] = a
     try:
         arrays = np.broadcast_arrays(*out.values())

@@ -31,6 +31,7 @@ import numpy as np
 import sympy as sp
 
 from .._errors import DomainError
+from .._validate import finite_array
 from .._gaussian import sigmoid
 
 __all__ = ["Field", "GatedCell", "gate_hyperparameters", "hyperparameter_names", "LSTM", "GRU", "LSTM_PEEPHOLE",
@@ -115,15 +116,7 @@ def gate_hyperparameters(cell: GatedCell, values: dict) -> tuple[dict, np.ndarra
     for name, v in values.items():
         if v is None:
             continue
-        try:
-            a = np.asarray(v, dtype=float)
-        except (TypeError, ValueError):
-            raise DomainError(f"{name} must be a number or an array of numbers, got {v!r}") from None
-        if not np.all(np.isfinite(a)):
-            raise DomainError(f"{name} must be finite, got {v!r}")
-        if (name.startswith("sigma_") or name == "R") and np.any(a < 0):
-            raise DomainError(f"{name} must be non-negative (it is a standard deviation or second moment), "
-                              f"got {v!r}")
+        a = finite_array(name, v, nonnegative=name.startswith("sigma_") or name == "R")
         arrays[name] = a
     keys = [(g, k) for g in cell.gates for k in _KINDS]
     raw = [arrays.get(f"{k}_{g}", arrays.get(k, GATED_DEFAULTS[k])) for g, k in keys]

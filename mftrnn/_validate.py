@@ -1,0 +1,23 @@
+"""Validation of numeric arguments, shared by every public entry point (one clear error, never a silent NaN)."""
+from __future__ import annotations
+
+import numpy as np
+
+from ._errors import DomainError
+
+__all__ = ["finite_array"]
+
+
+def finite_array(name: str, value, nonnegative: bool = False) -> np.ndarray:
+    """``value`` as a float array; :class:`~mftrnn.DomainError` if it is not numeric, not finite, or (with
+    ``nonnegative``) negative."""
+    try:
+        a = np.asarray(value, dtype=float)
+    except (TypeError, ValueError):
+        raise DomainError(f"{name} must be a number or an array of numbers, got {value!r}") from None
+    if not np.all(np.isfinite(a)):
+        raise DomainError(f"{name} must be finite, got {value!r}")
+    if nonnegative and np.any(a < 0):
+        raise DomainError(f"{name} must be non-negative (it is a standard deviation or second moment), "
+                          f"got {value!r}")
+    return a
