@@ -246,3 +246,33 @@ def test_user_cell_with_shared_field_against_population():
     assert abs(fp.Qc_star - np.mean(cs**2)) < 5 * se(cs**2)
     assert abs(fp.Q_star - np.mean(hs**2)) < 5 * se(hs**2)
     assert abs(fp.M_star - np.mean(cs)) < 5 * se(cs)
+
+
+def test_wide_law_interval_consistent():
+    """A wide cell-state law (open forget gate) is solved on [0, 14/sigma_c] instead of [0, 24]: at mu_b_f = 6,
+    where both intervals converge, E[tanh^2 c] agrees to 1e-10."""
+    st = tg.analyse(mf.get_cell("lstm"))
+    hp, R = _hp("lstm", sigma_w=0.3, sigma_v=1.0, mu_b_f=6.0)
+    mom = tg._field_moments(st, hp, R, 0.2337)
+    law, K = tg.stationary_law(st, mom)
+    assert K.grid.S < 5
+    m1, m2 = tg._exact_moments(st, mom)
+    from mftrnn.theory.perpetuity import solve_characteristic
+    K24 = tg._LawKernel(st, mom, 320, 24.0)
+    law24 = tg.StationaryLaw(K24.grid, solve_characteristic(K24.matrix(sp.S.One, 0)), m1, m2, 0.0)
+    assert law.expect_tanh2() == pytest.approx(law24.expect_tanh2(), abs=1e-10)
+
+
+@pytest.mark.parametrize("mu", [9.0, 11.0])
+def test_long_memory_small_weight_limit(mu):
+    """Forget-gate biases far beyond the O(1) regime (memory ~ 1e3..1e5 steps): with sigma_w -> 0,
+    chi -> E[sigmoid(e_f)^2], e_f ~ N(mu, sigma_v^2 R), to O(sigma_w^2) (here 1e-8; tolerance 1e-7 absolute)."""
+    fp = mf.fixed_point("lstm", sigma_w=1e-4, sigma_v=1.0, mu_b_f=mu)
+    assert fp.chi == pytest.approx(_E(lambda u: expit(u) ** 2, mu, 1.0), abs=1e-7)
+    assert fp.chi < 1
+
+
+def test_refuses_unresolved_law():
+    """Beyond what the grid resolves the LSTM's fixed point is refused with a clear error, not returned."""
+    with pytest.raises(mf.ConvergenceError, match="forget-gate bias"):
+        mf.fixed_point("lstm", sigma_w=0.3, mu_b_f=25.0)

@@ -23,7 +23,7 @@ first and second moments close, :math:`Q_t = \mathbb E[A^2]Q + 2\mathbb E[AB]M +
 :math:`M_t = \mathbb E[A]M + \mathbb E[B]`. **Law** cells (the fields read a nonlinear readout of the carried
 state: ``torch.nn.LSTM``, whose gates read :math:`h = o\tanh(c)`): :math:`\overline{h^2} = \mathbb E[G^2]\,
 \mathbb E_\pi[g(c)^2]` needs the law :math:`\pi` of :math:`c`, which is not Gaussian; it is the stationary law of the
-random affine recursion, computed exactly (to the stated 1e-9) by :mod:`mftrnn.theory.perpetuity`. A Gaussian
+random affine recursion, computed exactly (to the stated 1e-10) by :mod:`mftrnn.theory.perpetuity`. A Gaussian
 closure (:math:`c\sim\mathcal N(M, Q_c - M^2)`) is offered as an approximation, labelled as one.
 
 :math:`\chi`: the growth per step of the second moment of an infinitesimal perturbation of the whole state under
@@ -55,13 +55,13 @@ from .._errors import ConvergenceError, DomainError, MftrnnError
 from .._numeric import NUMPY_MODULES, strip_half_width
 from ..cells.gated import GatedCell, gate_hyperparameters
 from .field_integrals import FieldIntegral, gaussian_nodes
-from .perpetuity import chebyshev_grid, sech2_transform, sech4_transform, solve_characteristic
+from .perpetuity import S_MAX, chebyshev_grid, sech2_transform, sech4_transform, solve_characteristic
 
 __all__ = ["GatedFixedPoint", "gated_fixed_point", "analyse", "Structure", "stationary_law", "StationaryLaw",
            "cell_state_law"]
 
 _M_GRIDS = (64, 112, 192, 320)
-_LAW_TOL = 1e-11
+_LAW_TOL = 1e-10
 
 
 # --------------------------------------------------------------------------- structure from the description
@@ -307,10 +307,10 @@ def _nodes(expr_fields, sym, mom):
 class _LawKernel:
     r"""Discretised kernels :math:`(P\psi)_j = \mathbb E[e^{is_jB}\,a(e)\,\psi^{(k)}(As_j)]` on one grid."""
 
-    def __init__(self, st: Structure, mom: dict, M: int):
+    def __init__(self, st: Structure, mom: dict, M: int, S: float = S_MAX):
         self.st, self.mom = st, mom
         self.pc = pc = _law_pieces(st)
-        self.grid = chebyshev_grid(M)
+        self.grid = chebyshev_grid(M, S)
         self.xa, self.wa = _nodes(st.A, pc.a_field, mom)
         self.Aval = np.asarray(_fn(pc.a_field, st.A)(self.xa), float) * np.ones_like(self.xa)
         self.joint = pc.b_field == pc.a_field
@@ -430,32 +430,53 @@ def _exact_moments(st, mom):
     return m1, m2
 
 
+def _interval(m1, m2) -> float:
+    r"""Right end S of the s-interval: :math:`S_{max}` = 24, or :math:`14/\sigma_c` for a wide law (for a nearly
+    Gaussian :math:`c`, :math:`|\varphi(s)|\approx e^{-s^2\sigma_c^2/2}` is negligible there; the solve checks
+    that :math:`\varphi` has decayed, and falls back to :math:`S_{max}` where it has not)."""
+    sd = float(np.sqrt(max(m2 - m1 * m1, 0.0)))
+    return S_MAX if sd <= 14.0 / S_MAX else 14.0 / sd
+
+
+def _decayed(law) -> bool:
+    """|phi| below 1e-11 over the last tenth of the interval (truncating at S then costs less than the 1e-10
+    tolerance: the transforms are at most 2 and the tail beyond S decays at least as fast)."""
+    g = law.grid
+    return bool(np.max(np.abs(law.phi[g.s >= 0.9 * g.S])) < 1e-11)
+
+
 def stationary_law(st: Structure, mom: dict, grid: int | None = None) -> tuple[StationaryLaw, _LawKernel]:
     r"""The stationary law of the carried state for given field moments.
 
-    Grids of increasing size until :math:`\mathbb E_\pi[\tanh^2 c]` changes by at most 1e-11 between two of them
-    (the spectral convergence makes the change an upper bound of the error of the coarser one); the second moment
-    :math:`-\varphi''(0)` is checked against the exact one as well (to 1e-5 relative plus 1e-8: differentiating the
-    interpolant twice at the end point amplifies rounding by ~M^4). :class:`~mftrnn.ConvergenceError` if no grid converges.
+    Grids of increasing size until :math:`\mathbb E_\pi[\tanh^2 c]` changes by at most 1e-10 between two of them
+    (the spectral convergence makes the change an upper bound of the error of the coarser one; rounding limits it
+    to ~1e-11 for the widest laws); the second moment :math:`-\varphi''(0)` on the coarsest grid is checked against
+    the exact one (on the coarser of the two agreeing grids) as a guard against gross errors (to 1e-4 relative: differentiating the interpolant twice at the
+    end point amplifies rounding by ~M^4/S^2). The interval is :math:`[0, S]` with
+    :math:`S = \min(24, 10/\sigma_c)` (:func:`_interval`): a wide law (large forget-gate bias) has a narrow
+    :math:`\varphi`. :class:`~mftrnn.ConvergenceError` if no grid converges.
     ``grid``: one grid of that size, unchecked (for scans that only need signs).
     """
     m1, m2 = _exact_moments(st, mom)
+    S = _interval(m1, m2)
     if grid is not None:
-        K = _LawKernel(st, mom, grid)
+        K = _LawKernel(st, mom, grid, S)
         return StationaryLaw(K.grid, solve_characteristic(K.matrix(sp.S.One, 0)), m1, m2, np.nan), K
-    prev = None
-    for M in _M_GRIDS:
-        K = _LawKernel(st, mom, M)
-        phi = solve_characteristic(K.matrix(sp.S.One, 0))
-        law = StationaryLaw(K.grid, phi, m1, m2, np.inf)
-        t2 = law.expect_tanh2()
-        if prev is not None and abs(t2 - prev) <= _LAW_TOL:
-            m2_phi = -float((K.grid.D2 @ phi)[0].real)
-            if abs(m2_phi - m2) > 1e-5 * m2 + 1e-8:
-                break
-            law.error = abs(t2 - prev)
-            return law, K
-        prev = t2
+    for S_try in ((S, S_MAX) if S < S_MAX else (S_MAX,)):
+        prev = m2_ok = None
+        for M in _M_GRIDS:
+            K = _LawKernel(st, mom, M, S_try)
+            phi = solve_characteristic(K.matrix(sp.S.One, 0))
+            law = StationaryLaw(K.grid, phi, m1, m2, np.inf)
+            t2 = law.expect_tanh2()
+            if prev is not None and abs(t2 - prev) <= _LAW_TOL:
+                # the check of m2 on the coarser of the two agreeing grids (less rounding amplification)
+                if not m2_ok or (S_try < S_MAX and not _decayed(law)):
+                    break
+                law.error = abs(t2 - prev)
+                return law, K
+            prev = t2
+            m2_ok = abs(-float((K.grid.D2 @ phi)[0].real) - m2) <= 1e-4 * m2 + 1e-8
     raise ConvergenceError(f"cell {st.cell.name!r}: the stationary law of {st.carried} is not resolved on "
                            f"{M + 1} points; reduce the forget-gate bias")
 
@@ -505,6 +526,21 @@ def _law_chi(st, hp, law, K, mom) -> float:
     Z[-1, -1] += rhoG
     ev = np.linalg.eigvals(Z)
     return float(np.max(np.abs(ev)))
+
+
+def _law_chi_checked(st, hp, law, K, mom) -> float:
+    """chi on the law's grid and on the next finer one (same interval); they must agree to 1e-9 (absolute; chi is
+    O(1)), else :class:`~mftrnn.ConvergenceError` rather than a number of unknown accuracy."""
+    chi = _law_chi(st, hp, law, K, mom)
+    finer = [M for M in _M_GRIDS if M > K.grid.M]
+    M2 = finer[0] if finer else int(K.grid.M * 1.5)
+    K2 = _LawKernel(st, mom, M2, K.grid.S)
+    law2 = StationaryLaw(K2.grid, solve_characteristic(K2.matrix(sp.S.One, 0)), law.m1, law.m2, law.error)
+    chi2 = _law_chi(st, hp, law2, K2, mom)
+    if abs(chi2 - chi) > 1e-9:
+        raise ConvergenceError(f"cell {st.cell.name!r}: chi is not resolved by the grid ({chi:.12g} on {K.grid.M + 1} "
+                               f"points, {chi2:.12g} on {M2 + 1}); reduce the forget-gate bias")
+    return chi2
 
 
 # --------------------------------------------------------------------------- fixed points
@@ -671,7 +707,7 @@ def _point(st: Structure, hp: dict, R: float, closure: str) -> dict:
         if gaussian:
             out["chi"] = np.nan
         else:
-            out["chi"] = _law_chi(st, hp, law, K, mom)
+            out["chi"] = _law_chi_checked(st, hp, law, K, mom)
             out["law_error"] = law.error
         out["Qs"] = {st.carried_new: m2, next(r[0] for r in st.readouts
                                               if cell.previous_of(r[0]) == st.read_state): Q}

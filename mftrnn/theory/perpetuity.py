@@ -21,11 +21,13 @@ Expectations of even functions follow by Parseval,
 .. math:: \widehat{\operatorname{sech}^2}(s) = \frac{\pi s}{\sinh(\pi s/2)},\qquad
           \widehat{\operatorname{sech}^4}(s) = \frac{\pi s\,(s^2+4)}{6\sinh(\pi s/2)}
 
-decay like :math:`e^{-\pi s/2}`: :math:`S=24` truncates at :math:`<10^{-13}`. The integrals use the
+decay like :math:`e^{-\pi s/2}`: :math:`S=24` truncates at :math:`<10^{-13}` (a wide law, whose
+:math:`\varphi` has decayed long before, gets a shorter interval). The integrals use the
 Clenshaw-Curtis weights of the same points. The accuracy is checked on every solve against the exact second
 moment (all polynomial moments of :math:`\pi` close: :math:`m_1=\mathbb E B/(1-\mathbb E A)`,
 :math:`m_2=(\mathbb E B^2+2\,\mathbb E[AB]\,m_1)/(1-\mathbb E A^2)`), which :math:`-\varphi''(0)` must reproduce;
-the grid is refined until it does to 1e-9 relative.
+the grid is refined until :math:`\mathbb E_\pi[\tanh^2 c]` changes by less than 1e-10 (see
+:func:`mftrnn.theory.gated.stationary_law`).
 """
 from __future__ import annotations
 
