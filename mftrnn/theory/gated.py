@@ -305,10 +305,13 @@ def _nodes(expr_fields, sym, mom):
 
 
 class _LawKernel:
-    r"""Discretised kernels :math:`(P\psi)_j = \mathbb E[e^{is_jB}\,a(e)\,\psi^{(k)}(As_j)]` on one grid."""
+    r"""Discretised kernels :math:`(P\psi)_j = \mathbb E[e^{is_jB'}\,a(e)\,\psi^{(k)}(As_j)]` on one grid, for the
+    centred state :math:`c' = c - m_1`: :math:`c'_t = A c'_{t-1} + B'` with :math:`B' = B - (1-A)\,m_1`, so that
+    :math:`\varphi'(s) = e^{-ism_1}\varphi(s)` does not oscillate when the mean is large against the spread
+    (the factor :math:`e^{-is(1-A)m_1}` depends on the forget field only and joins its weights)."""
 
-    def __init__(self, st: Structure, mom: dict, M: int, S: float = S_MAX):
-        self.st, self.mom = st, mom
+    def __init__(self, st: Structure, mom: dict, M: int, S: float = S_MAX, m1: float = 0.0):
+        self.st, self.mom, self.m1 = st, mom, float(m1)
         self.pc = pc = _law_pieces(st)
         self.grid = chebyshev_grid(M, S)
         self.xa, self.wa = _nodes(st.A, pc.a_field, mom)
@@ -327,6 +330,9 @@ class _LawKernel:
         else:
             self.xc, self.wc, self.gam = np.array([0.0]), np.array([1.0]), np.array([1.0])
         self._L = {}
+        g = self.grid
+        self.shift = (np.exp(-1j * self.m1 * np.outer(g.s, 1.0 - self.Aval)) if self.m1 != 0.0
+                      else np.ones((g.M + 1, self.Aval.size)))
 
     def L(self, deriv):
         """Interpolation (of the ``deriv``-th derivative) at the points A s_j: array (M+1, n_A, M+1)."""
@@ -372,13 +378,13 @@ class _LawKernel:
                 cb, ch = rest.as_independent(pc.c_field, as_Add=False) if pc.c_field is not None else (rest, sp.S.One)
                 va = self._values(cb, pc.a_field, self.xa)
                 psi = self.psi(ch)  # (M+1, na): beta on the a-nodes
-                P += np.einsum("jnm,n,jn->jm", self.L(deriv), self.wa * va, psi)
+                P += np.einsum("jnm,n,jn->jm", self.L(deriv), self.wa * va, psi * self.shift)
             else:
                 cb, ch = (rest.as_independent(pc.c_field, as_Add=False) if pc.c_field is not None
                           else (rest, sp.S.One))
                 va = self._values(ca, pc.a_field, self.xa)
                 vb = self._values(cb, pc.b_field, self.xb)
-                left = np.einsum("jnm,n->jm", self.L(deriv), self.wa * va)
+                left = np.einsum("jnm,jn->jm", self.L(deriv), (self.wa * va)[None, :] * self.shift)
                 right = self.psi(ch) @ (self.wb * vb)
                 P += left * right[:, None]
         return P
@@ -396,18 +402,38 @@ class StationaryLaw:
 
     def expect_tanh2(self) -> float:
         r""":math:`\mathbb E_\pi[\tanh^2 c] = 1 - \frac1\pi\int_0^S \widehat{\operatorname{sech}^2}(s)\,
-        \mathrm{Re}\,\varphi(s)\,ds`."""
-        g = self.grid
-        return float(1.0 - np.sum(g.cc * self.phi.real * sech2_transform(g.s)) / np.pi)
+        \mathrm{Re}[e^{ism_1}\varphi'(s)]\,ds` (``phi`` is the centred :math:`\varphi'`)."""
+        a, b = parseval_weights(self.grid, sech2_transform, self.m1)
+        return float(1.0 - (a @ self.phi.real + b @ self.phi.imag) / np.pi)
 
     def density(self, x) -> np.ndarray:
         r"""Density of :math:`\pi` at ``x`` by Fourier inversion, :math:`p(x) = \frac1\pi\int_0^S
         \mathrm{Re}[\varphi(s)e^{-isx}]\,ds` (resolution :math:`\sim\pi/S`; exact where :math:`\varphi(S)`
         is negligible)."""
         g = self.grid
-        x = np.asarray(x, float)
+        x = np.asarray(x, float) - self.m1
         kern = np.exp(-1j * np.multiply.outer(x, g.s))
         return (kern * self.phi * g.cc).real.sum(-1) / np.pi
+
+
+@functools.lru_cache(maxsize=256)
+def _legendre(n: int):
+    return np.polynomial.legendre.leggauss(n)
+
+
+def parseval_weights(grid, transform, m1: float):
+    r"""Weights ``(a, b)`` with :math:`\int_0^S \hat f(s)\,\mathrm{Re}[e^{ism_1}\psi(s)]\,ds = a\cdot\mathrm{Re}\,\psi
+    + b\cdot\mathrm{Im}\,\psi` for :math:`\psi` given at the grid's points: Clenshaw-Curtis on the points when
+    :math:`m_1 S` is negligible, else Gauss-Legendre with enough nodes for the oscillation :math:`e^{ism_1}` and the
+    interpolant of :math:`\psi`."""
+    if abs(m1) * grid.S < 1e-12:
+        return grid.cc * transform(grid.s), np.zeros(grid.M + 1)
+    n = int(min(20000, max(2 * (grid.M + 1), 4 * abs(m1) * grid.S / np.pi + 64)))
+    x, w = _legendre(n)
+    s = grid.S * (x + 1) / 2
+    w = w * grid.S / 2 * transform(s)
+    Lq = grid.interp(s)
+    return (w * np.cos(m1 * s)) @ Lq, -(w * np.sin(m1 * s)) @ Lq
 
 
 def cell_state_law(fp: "GatedFixedPoint") -> StationaryLaw:
@@ -458,14 +484,15 @@ def stationary_law(st: Structure, mom: dict, grid: int | None = None) -> tuple[S
     ``grid``: one grid of that size, unchecked (for scans that only need signs).
     """
     m1, m2 = _exact_moments(st, mom)
+    var = max(m2 - m1 * m1, 0.0)
     S = _interval(m1, m2)
     if grid is not None:
-        K = _LawKernel(st, mom, grid, S)
+        K = _LawKernel(st, mom, grid, S, m1)
         return StationaryLaw(K.grid, solve_characteristic(K.matrix(sp.S.One, 0)), m1, m2, np.nan), K
     for S_try in ((S, S_MAX) if S < S_MAX else (S_MAX,)):
         prev = m2_ok = None
         for M in _M_GRIDS:
-            K = _LawKernel(st, mom, M, S_try)
+            K = _LawKernel(st, mom, M, S_try, m1)
             phi = solve_characteristic(K.matrix(sp.S.One, 0))
             law = StationaryLaw(K.grid, phi, m1, m2, np.inf)
             t2 = law.expect_tanh2()
@@ -476,9 +503,13 @@ def stationary_law(st: Structure, mom: dict, grid: int | None = None) -> tuple[S
                 law.error = abs(t2 - prev)
                 return law, K
             prev = t2
-            m2_ok = abs(-float((K.grid.D2 @ phi)[0].real) - m2) <= 1e-4 * m2 + 1e-8
+            m2_ok = abs(-float((K.grid.D2 @ phi)[0].real) - var) <= 1e-4 * var + 1e-8  # centred: the variance
+    sd = float(np.sqrt(max(m2 - m1 * m1, 0.0)))
+    why = (f"its mean {m1:.3g} is large against its spread {sd:.3g} (the characteristic function oscillates too fast "
+           f"for the grid)" if abs(m1) > max(3.0 * sd, 5.0) else "it is too wide for the grid (reduce the forget-gate "
+           "bias)")
     raise ConvergenceError(f"cell {st.cell.name!r}: the stationary law of {st.carried} is not resolved on "
-                           f"{M + 1} points; reduce the forget-gate bias")
+                           f"{M + 1} points: {why}")
 
 
 def _law_Q(st, hp, R, Q, gaussian=False, grid=None):
@@ -506,15 +537,19 @@ def _law_chi(st, hp, law, K, mom) -> float:
         if w2 == 0:
             continue
         dA, dB = sp.diff(st.A, k), sp.diff(st.B, k)
+        m1, phi = law.m1, law.phi
+        # c = c' + m1: E[c^2 e^{iuc}] = e^{ium1}(-phi'' - 2i m1 phi' + m1^2 phi), E[c e^{iuc}] = e^{ium1}(-i phi' + m1 phi)
+        # in the centred phi; the phases e^{ium1} are in the kernels (module docstring)
         if dA != 0:
-            r += w2 * -(K.matrix(dA**2, 2) @ law.phi)
+            r += w2 * (-(K.matrix(dA**2, 2) @ phi) - 2j * m1 * (K.matrix(dA**2, 1) @ phi)
+                       + m1**2 * (K.matrix(dA**2, 0) @ phi))
             if dB != 0:
-                r += w2 * -2j * (K.matrix(dA * dB, 1) @ law.phi)
+                r += w2 * 2 * (-1j * (K.matrix(dA * dB, 1) @ phi) + m1 * (K.matrix(dA * dB, 0) @ phi))
         if dB != 0:
-            r += w2 * (K.matrix(dB**2, 0) @ law.phi)
+            r += w2 * (K.matrix(dB**2, 0) @ phi)
     new, G, _ = next(rr for rr in st.readouts if st.cell.previous_of(rr[0]) == st.read_state)
     EG2 = _E(G**2, st, mom)
-    kappa = g.cc * sech4_transform(g.s) / np.pi
+    k_re, k_im = (v / np.pi for v in parseval_weights(g, sech4_transform, law.m1))
     T2 = law.expect_tanh2()
     rhoG = sum(w2 * _E(sp.diff(G, k) ** 2, st, mom) * T2 for k, w2 in sw2.items() if G.has(k))
     # unknowns z = (Re w, Im w, D_h); D_y = D_h for every field (all read h)
@@ -522,7 +557,7 @@ def _law_chi(st, hp, law, K, mom) -> float:
     Z[:n, :n], Z[:n, n:2 * n] = Pw.real, -Pw.imag
     Z[n:2 * n, :n], Z[n:2 * n, n:2 * n] = Pw.imag, Pw.real
     Z[:n, -1], Z[n:2 * n, -1] = r.real, r.imag
-    Z[-1, :] = EG2 * (kappa @ Z[:n, :])
+    Z[-1, :] = EG2 * (k_re @ Z[:n, :] + k_im @ Z[n:2 * n, :])
     Z[-1, -1] += rhoG
     ev = np.linalg.eigvals(Z)
     return float(np.max(np.abs(ev)))
@@ -534,7 +569,7 @@ def _law_chi_checked(st, hp, law, K, mom) -> float:
     chi = _law_chi(st, hp, law, K, mom)
     finer = [M for M in _M_GRIDS if M > K.grid.M]
     M2 = finer[0] if finer else int(K.grid.M * 1.5)
-    K2 = _LawKernel(st, mom, M2, K.grid.S)
+    K2 = _LawKernel(st, mom, M2, K.grid.S, law.m1)
     law2 = StationaryLaw(K2.grid, solve_characteristic(K2.matrix(sp.S.One, 0)), law.m1, law.m2, law.error)
     chi2 = _law_chi(st, hp, law2, K2, mom)
     if abs(chi2 - chi) > 1e-9:
