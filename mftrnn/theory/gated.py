@@ -476,11 +476,11 @@ def stationary_law(st: Structure, mom: dict, grid: int | None = None) -> tuple[S
 
     Grids of increasing size until :math:`\mathbb E_\pi[\tanh^2 c]` changes by at most 1e-10 between two of them
     (the spectral convergence makes the change an upper bound of the error of the coarser one; rounding limits it
-    to ~1e-11 for the widest laws); the second moment :math:`-\varphi''(0)` on the coarsest grid is checked against
-    the exact one (on the coarser of the two agreeing grids) as a guard against gross errors (to 1e-4 relative: differentiating the interpolant twice at the
-    end point amplifies rounding by ~M^4/S^2). The interval is :math:`[0, S]` with
-    :math:`S = \min(24, 10/\sigma_c)` (:func:`_interval`): a wide law (large forget-gate bias) has a narrow
-    :math:`\varphi`. :class:`~mftrnn.ConvergenceError` if no grid converges.
+    to ~1e-11 for the widest laws). The variance :math:`-\varphi'{}''(0)` of the centred law, on the coarser of the
+    two agreeing grids, is checked against the exact one as a guard against gross errors (to 1e-4 relative:
+    differentiating the interpolant twice at the end point amplifies rounding by ~M^4/S^2). The interval is
+    :math:`[0, S]` with :math:`S = \min(24, 14/\sigma_c)` (:func:`_interval`): a wide law (large forget-gate bias)
+    has a narrow :math:`\varphi`. :class:`~mftrnn.ConvergenceError` if no grid converges.
     ``grid``: one grid of that size, unchecked (for scans that only need signs).
     """
     m1, m2 = _exact_moments(st, mom)
