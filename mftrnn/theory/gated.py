@@ -564,18 +564,19 @@ def _law_chi(st, hp, law, K, mom) -> float:
 
 
 def _law_chi_checked(st, hp, law, K, mom) -> float:
-    """chi on the law's grid and on the next finer one (same interval); they must agree to 1e-9 (absolute; chi is
-    O(1)), else :class:`~mftrnn.ConvergenceError` rather than a number of unknown accuracy."""
+    """chi on the law's grid and on the next coarser one of the same interval (the law agreed on both); the two
+    must agree to 1e-9 (absolute; chi is O(1)), else :class:`~mftrnn.ConvergenceError` rather than a number of
+    unknown accuracy. The finer grid's value is returned."""
     chi = _law_chi(st, hp, law, K, mom)
-    finer = [M for M in _M_GRIDS if M > K.grid.M]
-    M2 = finer[0] if finer else int(K.grid.M * 1.5)
+    coarser = [M for M in _M_GRIDS if M < K.grid.M]
+    M2 = coarser[-1] if coarser else _M_GRIDS[1]
     K2 = _LawKernel(st, mom, M2, K.grid.S, law.m1)
     law2 = StationaryLaw(K2.grid, solve_characteristic(K2.matrix(sp.S.One, 0)), law.m1, law.m2, law.error)
     chi2 = _law_chi(st, hp, law2, K2, mom)
     if abs(chi2 - chi) > 1e-9:
         raise ConvergenceError(f"cell {st.cell.name!r}: chi is not resolved by the grid ({chi:.12g} on {K.grid.M + 1} "
                                f"points, {chi2:.12g} on {M2 + 1}); reduce the forget-gate bias")
-    return chi2
+    return chi if M2 < K.grid.M else chi2
 
 
 # --------------------------------------------------------------------------- fixed points
