@@ -591,10 +591,12 @@ def _least_root(F, lo, hi, what, n_scan=24, F_scan=None, start=None):
     if start is not None:
         return _root_near(F, lo, hi, start), False
     g_lo = F(lo) - lo
+    floor = lo  # the widening below never goes under it (above an unstable fixed point at lo)
     if g_lo <= tiny:
         d = 1e-9 * (hi - lo)
         if F(lo + d) - (lo + d) <= 0:
             return lo, False
+        floor = lo + d
     xs = np.concatenate([[lo], lo + (hi - lo) * np.geomspace(1e-6, 1, n_scan)])
     gs = np.array([(F_scan or F)(x) - x for x in xs[1:]])
     gs = np.concatenate([[max(g_lo, tiny)], gs])
@@ -604,8 +606,8 @@ def _least_root(F, lo, hi, what, n_scan=24, F_scan=None, start=None):
     j = down[0]
     a, b = xs[j], xs[j + 1]
     # the cheap signs may misplace a root that sits near a scan point: widen until F agrees
-    while a > lo and F(a) - a <= 0:
-        a = max(lo, a - 2 * (b - a))
+    while a > floor and F(a) - a <= 0:
+        a = max(floor, a - 2 * (b - a))
     while b < hi and F(b) - b > 0:
         b = min(hi, b + 2 * (b - a))
     ga, gb = F(a) - a, F(b) - b
