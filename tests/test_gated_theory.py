@@ -202,6 +202,7 @@ def test_gaussian_closure_is_labelled_and_differs():
     exact = mf.fixed_point("lstm", **kw)
     approx = tg.gated_fixed_point("lstm", closure="gaussian", **kw)
     assert "approximation" in approx.approximation and exact.approximation == "exact untied mean field"
+    assert approx.chi is None and approx.xi is None and "chi" not in approx.to_dict()  # no NaN
     assert 1e-3 < abs(approx.Q_star / exact.Q_star - 1) < 5e-2
 
 

@@ -643,8 +643,8 @@ class GatedFixedPoint:
 
     ``Q_star``: second moment :math:`|h|^2/N` of the output state; ``Qc_star``: of the carried state where it
     differs from the output (the LSTM's :math:`|c|^2/N`); ``M_star``: the carried state's mean; ``q_star``:
-    ``{field: variance}`` of every field; ``chi``, ``xi``; ``chi_q``, ``xi_q`` (closed cells; ``None`` for law
-    cells); ``law_error``: the measured error of the stationary law (law cells).
+    ``{field: variance}`` of every field; ``chi``, ``xi`` (``None`` under the Gaussian closure of the LSTM);
+    ``chi_q``, ``xi_q`` (closed cells; ``None`` for law cells); ``law_error``: the measured error of the stationary law (law cells).
     """
 
     cell: str
@@ -789,9 +789,10 @@ def gated_fixed_point(cell, *, closure: str = "exact", **hyperparameters) -> Gat
     out_new = st.output
     Q_star = arr(lambda p: p["Qs"][out_new])
     has_c = st.carried_new is not None and st.carried_new != out_new
-    chi = arr(lambda p: p["chi"])
+    no_chi = st.kind == "law" and closure == "gaussian"  # the closure gives no chi: None, not NaN
+    chi = None if no_chi else arr(lambda p: p["chi"])
     res = GatedFixedPoint(
-        cell.name, _flat_params(cell, hp, R), Q_star, chi, _vec_timescale(chi),
+        cell.name, _flat_params(cell, hp, R), Q_star, chi, None if no_chi else _vec_timescale(chi),
         Qc_star=arr(lambda p: p["Qs"][st.carried_new]) if has_c else None,
         M_star=arr(lambda p: p["M"]) if st.carried is not None else None,
         chi_q=arr(lambda p: p["chi_q"]) if st.kind == "closed" else None,
