@@ -9,36 +9,38 @@ Public API (re-exported from private modules, one concept each):
   dispatches to it), the derivation in :mod:`mftrnn.theory.gated`, torch modules in :mod:`mftrnn.nets.gated`;
 * symbolic Gaussian expectations — :class:`E`, :class:`E2`, :func:`expect`, :func:`expect2`, :class:`sigmoid`;
 * derived maps — :func:`mean_field` (a :class:`MeanField` of SymPy expressions), their symbols in
-  :mod:`mftrnn.symbols`, and :class:`Compiled` to evaluate any such expression on NumPy arrays;
+  :mod:`mftrnn.theory.symbols`, and :class:`Compiled` to evaluate any such expression on NumPy arrays;
 * numbers — :func:`fixed_point` (a :class:`FixedPoint`), :func:`iterate_maps`, :func:`timescale`;
-* Jacobian spectra (:mod:`mftrnn.jacobian`) — :func:`step_jacobian`, :func:`step_moments`, :func:`product_moments`,
+* Jacobian spectra (:mod:`mftrnn.theory.jacobian`) — :func:`step_jacobian`, :func:`step_moments`, :func:`product_moments`,
   :func:`isometry`, :func:`coefficient_law` (a :class:`CoefficientLaw`), :func:`coefficient_moment`,
   :func:`state_moments`, :func:`spectral_moments`;
 * errors — :class:`MftrnnError`, :class:`DomainError`, :class:`ConvergenceError`, :class:`UnknownCellError`,
   :class:`DataError`.
 
-Critical initialisation: :mod:`mftrnn.critical` (theory, re-exported) and :mod:`mftrnn.init` (PyTorch initialisers).
-Jacobian spectra by free probability: :mod:`mftrnn.free` (S-transforms, inversion to densities) and
-:mod:`mftrnn.spectrum` (:func:`spectral_density` of the T-step Jacobian, re-exported).
-PyTorch cells live in :mod:`mftrnn.nn`, the finite-width simulator in :mod:`mftrnn.simulate`, the command line in
-:mod:`mftrnn.cli`.
+Critical initialisation: :mod:`mftrnn.theory.critical` (theory, re-exported) and :mod:`mftrnn.nets.init` (PyTorch initialisers).
+Jacobian spectra by free probability: :mod:`mftrnn.theory.free` (S-transforms, inversion to densities) and
+:mod:`mftrnn.theory.spectrum` (:func:`spectral_density` of the T-step Jacobian, re-exported).
+The folders show the architecture, each importing only from those before it: :mod:`mftrnn.cells` (cells as data,
+the registry) -> :mod:`mftrnn.theory` (SymPy -> NumPy, never imports torch) -> :mod:`mftrnn.nets` (PyTorch modules,
+initialisers, simulators) -> :mod:`mftrnn.experiments` (run harness, data, sequential digits, language models,
+benchmarks) -> :mod:`mftrnn.cli` (the command line).
 """
-from ._cells import CELLS, Cell, Preactivation, cells, get_cell, register_cell
+from .cells.registry import CELLS, Cell, Preactivation, cells, get_cell, register_cell
 from .cells.gated import Field, GatedCell, gate_hyperparameters
 from .theory.gated import GatedFixedPoint, gated_fixed_point
-from ._errors import ConvergenceError, DataError, DomainError, MftrnnError, UnknownCellError
-from ._fixed_point import DEFAULTS, FixedPoint, fixed_point, iterate_maps, timescale
-from ._gaussian import E, E2, expect, expect2, sigmoid
-from ._meanfield import MeanField, mean_field
-from ._numeric import Compiled
-from . import symbols
-from .jacobian import (CoefficientLaw, StepJacobian, coefficient_law, coefficient_moment, isometry, product_moments,
+from .errors import ConvergenceError, DataError, DomainError, MftrnnError, UnknownCellError
+from .theory.fixed_point import DEFAULTS, FixedPoint, fixed_point, iterate_maps, timescale
+from .theory.gaussian import E, E2, expect, expect2, sigmoid
+from .theory.meanfield import MeanField, mean_field
+from .theory.numeric import Compiled
+from .theory import symbols
+from .theory.jacobian import (CoefficientLaw, StepJacobian, coefficient_law, coefficient_moment, isometry, product_moments,
                        spectral_moments, state_moments, step_jacobian, step_moments)
 
-from .critical import (minimal_critical_mu_b, minimal_critical_sigma_w, minimal_for_timescale, vanilla_critical,
+from .theory.critical import (minimal_critical_mu_b, minimal_critical_sigma_w, minimal_for_timescale, vanilla_critical,
                        vanilla_critical_line, vanilla_min_q_star)
-from . import free
-from .spectrum import SpectralLaw, spectral_density, spectral_grid, spectral_law
+from .theory import free
+from .theory.spectrum import SpectralLaw, spectral_density, spectral_grid, spectral_law
 
 __version__ = "0.1.0"
 

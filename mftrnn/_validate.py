@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._errors import DomainError
+from .errors import DomainError
 
 __all__ = ["finite_array"]
 

@@ -1,7 +1,7 @@
-"""Helpers shared by the command-line tests: run ``mftrnn.cli.main`` in-process, check one-line errors."""
+"""Helpers shared by the command-line tests: run ``mftrnn.cli.app.main`` in-process, check one-line errors."""
 from __future__ import annotations
 
-from mftrnn.cli import main
+from mftrnn.cli.app import main
 
 
 def run_cli(capsys, *argv):

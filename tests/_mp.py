@@ -2,7 +2,7 @@
 import mpmath as mp
 import sympy as sp
 
-from mftrnn._gaussian import sigmoid
+from mftrnn.theory.gaussian import sigmoid
 
 mp.mp.dps = 30
 

@@ -10,7 +10,7 @@ import pytest
 from scipy import special
 
 import mftrnn
-from mftrnn.benchmark import (gaussian_expectation, naive_minimal_fixed_point,
+from mftrnn.experiments.benchmark import (gaussian_expectation, naive_minimal_fixed_point,
                               naive_vanilla_fixed_point, run_benchmark)
 
 RTOL = 1e-8

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 import mftrnn
-import mftrnn.phase_diagram
-from mftrnn.cli import main
+import mftrnn.theory.phase_diagram
+from mftrnn.cli.app import main
 
 from _cli import assert_one_line_error, run_cli
 
@@ -50,7 +50,7 @@ def test_fixed_point_json_matches_engine(capsys, cell, params):
     got = json.loads(lines[0])
     assert REQUIRED_KEYS | CORRELATION_KEYS <= set(got)
 
-    full = dict(mftrnn.cli.DEFAULTS, **params)
+    full = dict(mftrnn.cli.app.DEFAULTS, **params)
     ref = mftrnn.fixed_point(cell, correlations=True, **full).to_dict()
     for key, value in ref.items():
         assert close(got[key], value), (key, got[key], value)
@@ -264,7 +264,7 @@ def _raise_convergence(*args, **kwargs):
 ])
 def test_convergence_error_is_one_line(tmp_path, capsys, monkeypatch, argv):
     monkeypatch.setattr(mftrnn, "fixed_point", _raise_convergence)
-    monkeypatch.setattr(mftrnn.phase_diagram, "fixed_point", _raise_convergence)
+    monkeypatch.setattr(mftrnn.theory.phase_diagram, "fixed_point", _raise_convergence)
     if argv[0] == "phase-diagram":
         argv = argv + ["--out", str(tmp_path / "out.png")]
     rc, out, err = run_cli(capsys, *argv)
@@ -300,7 +300,7 @@ def test_nan_from_engine_is_an_error_not_silent(tmp_path, capsys, monkeypatch):
             return d
 
     monkeypatch.setattr(mftrnn, "fixed_point", lambda *a, **k: NanFP(real(*a, **k)))
-    monkeypatch.setattr(mftrnn.phase_diagram, "fixed_point", lambda *a, **k: NanFP(real(*a, **k)))
+    monkeypatch.setattr(mftrnn.theory.phase_diagram, "fixed_point", lambda *a, **k: NanFP(real(*a, **k)))
     rc, out, err = run_cli(capsys, "fixed-point", "minimal", "--json")
     assert_one_line_error(rc, out, err)
     rc, out, err = run_cli(capsys, "phase-diagram", "minimal", *GRID, "--out", str(tmp_path / "a.npz"))

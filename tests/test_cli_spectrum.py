@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import mftrnn
-from mftrnn.cli import main
+from mftrnn.cli.app import main
 
 from _cli import assert_one_line_error, run_cli
 
@@ -80,12 +80,12 @@ def test_missing_T_is_a_usage_error(capsys):
 
 
 def test_density_png(capsys, tmp_path):
-    # the density comes from mftrnn.spectrum (another module); without it, --out is a clear one-line error
+    # the density comes from mftrnn.theory.spectrum (another module); without it, --out is a clear one-line error
     path = tmp_path / "density.png"
     rc, out, err = run_cli(capsys, "spectrum", "vanilla", "--sigma-w", "1.2", "--T", "2", "--out", str(path))
-    if importlib.util.find_spec("mftrnn.spectrum") is None:
+    if importlib.util.find_spec("mftrnn.theory.spectrum") is None:
         assert_one_line_error(rc, out, err)
-        assert "mftrnn.spectrum" in err and not path.exists()
+        assert "mftrnn.theory.spectrum" in err and not path.exists()
     else:
         assert rc == 0, err
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

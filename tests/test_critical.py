@@ -1,4 +1,4 @@
-"""Critical initialisation theory (mftrnn.critical): identities, independent quadrature, feasibility, errors.
+"""Critical initialisation theory (mftrnn.theory.critical): identities, independent quadrature, feasibility, errors.
 
 Tolerances.  The engine's fixed point and slopes are accurate to ~1e-12 (its own tests), so identities that hold
 by construction (chi = 1 on the critical line, q* reproduced, xi = k T) are checked to 1e-9.  The independent
@@ -13,8 +13,8 @@ import pytest
 from scipy import integrate
 
 import mftrnn as mf
-from mftrnn import critical
-from mftrnn.critical import (minimal_critical_mu_b, minimal_critical_sigma_w, minimal_for_timescale,
+from mftrnn.theory import critical
+from mftrnn.theory.critical import (minimal_critical_mu_b, minimal_critical_sigma_w, minimal_for_timescale,
                              minimal_mu_b_roots, vanilla_critical, vanilla_critical_line, vanilla_min_q_star)
 
 HP = ("sigma_w", "sigma_v", "sigma_b", "mu_b", "R")
@@ -127,13 +127,13 @@ def test_vanilla_bad_input(bad):
 
 def test_vanilla_line_expressions_are_the_engines():
     line = vanilla_critical_line()
-    from mftrnn.symbols import R, mu_b, sigma_b
+    from mftrnn.theory.symbols import R, mu_b, sigma_b
     allowed = {line["q"], mu_b, sigma_b, R}
     for k in ("sigma_w", "Q_star", "sigma_v2", "q_min", "chi_q"):
         assert line[k].free_symbols <= allowed, k
     # chi of the engine, evaluated with sigma_w from the line at q, is exactly 1
     m = mf.mean_field("vanilla")
-    from mftrnn.symbols import sigma_w
+    from mftrnn.theory.symbols import sigma_w
     chi = m.display(m.chi).subs(sigma_w, line["sigma_w"])
     val = mf.Compiled([chi], [line["q"], mu_b])(np.array([0.3, 2.0]), np.array([0.0, 0.7]))[0]
     assert np.allclose(val, 1.0, atol=1e-13)

@@ -1,7 +1,7 @@
 """Tests of the language-modelling data loaders (mftrnn/data.py).
 
 No test reads ``../shared/data`` or uses the network: every corpus here is a few lines written to
-``tmp_path``, with its sha256 injected into :data:`mftrnn.data.SHA256`, and downloads go through a fake
+``tmp_path``, with its sha256 injected into :data:`mftrnn.experiments.data.SHA256`, and downloads go through a fake
 fetcher.
 """
 
@@ -15,8 +15,8 @@ import pytest
 import torch
 
 import mftrnn
-from mftrnn import data as D
-from mftrnn.data import DataError, batchify, bptt_batches, load_corpus
+from mftrnn.experiments import data as D
+from mftrnn.experiments.data import DataError, batchify, bptt_batches, load_corpus
 
 TEXTS = {
     "train": " the cat sat \n on the mat \n",

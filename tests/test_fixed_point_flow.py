@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 import mftrnn as mf
-import mftrnn.jacobian as jac
-import mftrnn.spectrum as spec
+import mftrnn.theory.jacobian as jac
+import mftrnn.theory.spectrum as spec
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Free multiplicative convolution kernels (mftrnn.free): closed forms, S-transform identities, sampled matrices.
+"""Free multiplicative convolution kernels (mftrnn.theory.free): closed forms, S-transform identities, sampled matrices.
 
 Tolerances.  Closed forms (Marchenko-Pastur density, Fuss-Catalan moments, S-transform limits) are checked to the
 accuracy of the numerics: the inversion converges to ~1e-12 relative, and moments integrated on a log grid of a
@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import mftrnn as mf
-from mftrnn import free as fr
+from mftrnn.theory import free as fr
 
 
 def _log_moments(prod, lo, hi, n=4000, kmax=3):

@@ -3,7 +3,7 @@ import numpy as np
 import sympy as sp
 
 from mftrnn import E, expect, expect2, sigmoid
-from mftrnn._numeric import Compiled
+from mftrnn.theory.numeric import Compiled
 
 x, y = sp.symbols("x y", real=True)
 mu, q, qa, qb, qab = sp.symbols("mu q q_a q_b q_ab", real=True)

@@ -1,7 +1,7 @@
 """Registered fast implementations of the single-state cells against the module derived from the cell description.
 
-Every implementation registered for ``vanilla`` (nn.RNN with 1 and 2 layers, nn.RNNCell, mftrnn.nn.VanillaRNNCell)
-and ``minimal`` (mftrnn.nn.MinimalRNNCell, the fused mftrnn.layers.MinimalRNN with 2 layers, with and without its
+Every implementation registered for ``vanilla`` (nn.RNN with 1 and 2 layers, nn.RNNCell, mftrnn.nets.nn.VanillaRNNCell)
+and ``minimal`` (mftrnn.nets.nn.MinimalRNNCell, the fused mftrnn.nets.layers.MinimalRNN with 2 layers, with and without its
 embedding, with its hand-written backward and with the plain autograd loop) is run against the derived module
 (``Cell.as_gated`` -> DerivedCell / DerivedRNN) in float64 over T=15 steps, batch 3, weights moved by
 copy_from_torch from random torch weights (both torch biases non-zero). Compared: outputs at every step and final
@@ -25,10 +25,10 @@ from torch import nn
 from torch.nn import functional as F
 
 import mftrnn as mf
-from mftrnn.layers import MinimalRNN
+from mftrnn.nets.layers import MinimalRNN
 from mftrnn.nets.gated import (DerivedCell, DerivedRNN, copy_from_torch, copy_to_torch, derived_module,
                                implementations, init_gated_)
-from mftrnn.nn import MinimalRNNCell, VanillaRNNCell
+from mftrnn.nets.nn import MinimalRNNCell, VanillaRNNCell
 
 torch.set_num_threads(1)
 F64 = torch.float64

@@ -1,4 +1,4 @@
-"""PyTorch critical initialisers (mftrnn.init): weight statistics and theory vs the actual torch modules.
+"""PyTorch critical initialisers (mftrnn.nets.init): weight statistics and theory vs the actual torch modules.
 
 Weight statistics: for n i.i.d. entries the sample mean of x^2 has relative standard error sqrt(2/n) (Gaussian),
 the sample mean of b has standard error sigma_b/sqrt(n); tolerances are 5 such errors.
@@ -20,9 +20,9 @@ import pytest
 import torch
 
 import mftrnn as mf
-from mftrnn.init import critical_minimal_init_, critical_rnn_init_, module_chi
-from mftrnn.layers import MinimalRNN
-from mftrnn.nn import MinimalRNNCell, VanillaRNNCell
+from mftrnn.nets.init import critical_minimal_init_, critical_rnn_init_, module_chi
+from mftrnn.nets.layers import MinimalRNN
+from mftrnn.nets.nn import MinimalRNNCell, VanillaRNNCell
 
 torch.set_num_threads(1)
 F64 = torch.float64
@@ -170,7 +170,7 @@ def test_minimal_init_errors(module, kw, match):
 
 # ----------------------------------------------------------------------------------- theory vs the torch modules
 def _chi_on_module(module, x, h0, layer, eps=1e-4, t_min=2, seed=99):
-    """Per-sequence chi of the module (mftrnn.init.module_chi, the definition of chi; see the module docstring)."""
+    """Per-sequence chi of the module (mftrnn.nets.init.module_chi, the definition of chi; see the module docstring)."""
     return module_chi(module, x, h0, layer=layer, eps=eps, t_min=t_min, generator=_gen(seed))
 
 
@@ -267,7 +267,7 @@ def test_torch_minimal_rnn_shows_predicted_timescale(embed):
     carries little memory of its unit's past. Measured here (N = 1000, 4 sequences): xi = 20.24 (embed=False) and
     19.93 (embed=True), single sequences 19.56-20.37; Q/Q* - 1 = -0.1% and +1.1%. Over 8 networks: Q/Q* - 1 =
     +1.3 +- 0.5% without embedding, +1.6 +- 0.7% with the orthogonal one, +0.2 +- 0.8% with untied weights
-    (mftrnn.simulate). Tolerances: xi 5% for the mean (its relative error is that of 1 - chi: ~1% per sequence from
+    (mftrnn.nets.simulate). Tolerances: xi 5% for the mean (its relative error is that of 1 - chi: ~1% per sequence from
     the spread), 8% per sequence; Q 5%.
     """
     N, B, burn, T = 1000, 4, 200, 80

@@ -1,5 +1,5 @@
-"""State-to-state Jacobians (mftrnn.jacobian) and their spectra, against autograd, explicit random matrices,
-finite-width networks (mftrnn.simulate.jacobian_spectrum) and analytic limits.
+"""State-to-state Jacobians (mftrnn.theory.jacobian) and their spectra, against autograd, explicit random matrices,
+finite-width networks (mftrnn.nets.simulate.jacobian_spectrum) and analytic limits.
 
 Tolerances.
 * Identities of the theory (m1 = chi, moments of the discrete coefficient law vs the symbolic expectations) are
@@ -27,9 +27,9 @@ from scipy.special import expit
 from threadpoolctl import threadpool_limits
 
 import mftrnn as mf
-from mftrnn.jacobian import _diagonal_recursion, _step
-from mftrnn.nn import MinimalRNNCell, VanillaRNNCell, haar_orthogonal, init_
-from mftrnn.simulate import jacobian_spectrum, step_jacobian_matrix
+from mftrnn.theory.jacobian import _diagonal_recursion, _step
+from mftrnn.nets.nn import MinimalRNNCell, VanillaRNNCell, haar_orthogonal, init_
+from mftrnn.nets.simulate import jacobian_spectrum, step_jacobian_matrix
 
 
 

@@ -1,6 +1,6 @@
-"""The fast multi-step minimalRNN layer (mftrnn.layers) against a plain reference loop.
+"""The fast multi-step minimalRNN layer (mftrnn.nets.layers) against a plain reference loop.
 
-The reference runs `mftrnn.nn.MinimalRNNCell` one step at a time (its own copy
+The reference runs `mftrnn.nets.nn.MinimalRNNCell` one step at a time (its own copy
 of the weights as leaf tensors), with the embedding z_t = Phi x_t + phi_b and
 dropout between layers written out by hand.  Outputs and first derivatives
 (w.r.t. the input, h0 and every parameter, by torch.autograd on both sides)
@@ -17,9 +17,9 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-import mftrnn.layers as layers
-from mftrnn.layers import MinimalRNN, MinimalRecurrence, init_minimal_rnn_, minimal_scan
-from mftrnn.nn import MinimalRNNCell
+import mftrnn.nets.layers as layers
+from mftrnn.nets.layers import MinimalRNN, MinimalRecurrence, init_minimal_rnn_, minimal_scan
+from mftrnn.nets.nn import MinimalRNNCell
 
 TOL = {torch.float32: 1e-5, torch.float64: 1e-10}
 
@@ -288,7 +288,7 @@ def test_compile_backend_falls_back_gracefully(monkeypatch):
 def test_bench_layers_smoke(capsys):
     import json
 
-    from mftrnn import bench_layers
+    from mftrnn.experiments import bench_layers
 
     res = bench_layers.run_benchmark(hidden=8, seq=3, batch=2, repeat=2, warmup=1)
     assert set(res["tokens_per_s"]) == {"MinimalRNN", "LSTM", "GRU"}

@@ -27,9 +27,9 @@ import pytest
 import torch
 
 import mftrnn
-from mftrnn import lm
-from mftrnn.cli import main
-from mftrnn.data import Corpus, batchify
+from mftrnn.experiments import lm
+from mftrnn.cli.app import main
+from mftrnn.experiments.data import Corpus, batchify
 
 REPO = Path(__file__).resolve().parents[1]
 V_TOY = 16
@@ -339,7 +339,7 @@ def test_nan_keeps_last_good_checkpoint(tmp_path, monkeypatch):
 
 def test_excerpt_checksums_and_readme():
     folder = lm.EXCERPT_DIR
-    assert folder == REPO / "book" / "data" / "wikitext-2-excerpt"
+    assert folder == REPO / "mftrnn" / "experiments" / "corpora" / "wikitext-2-excerpt"
     readme = (folder / "README.md").read_text()
     for name, digest in lm.EXCERPT_SHA256.items():
         assert hashlib.sha256((folder / name).read_bytes()).hexdigest() == digest

@@ -6,9 +6,9 @@ from scipy import integrate, optimize
 
 import mftrnn as mf
 from mftrnn import expect, sigmoid
-from mftrnn._cells import R, mu_b, sigma_b, sigma_v, sigma_w
-from mftrnn._meanfield import Q
-from mftrnn._numeric import Compiled
+from mftrnn.cells.registry import R, mu_b, sigma_b, sigma_v, sigma_w
+from mftrnn.theory.meanfield import Q
+from mftrnn.theory.numeric import Compiled
 
 e = sp.Symbol("e", real=True)
 HYP = [Q, sigma_w, sigma_v, sigma_b, mu_b, R]
@@ -126,8 +126,8 @@ def test_array_and_scalar_results_agree():
 def test_correlation_fixed_point_for_independent_inputs():
     fp = mf.fixed_point("vanilla", sigma_w=1.2, sigma_v=0.8, sigma_b=0.3, correlations=True)
     m = mf.mean_field("vanilla")
-    from mftrnn._meanfield import C
-    from mftrnn._cells import Sigma
+    from mftrnn.theory.meanfield import C
+    from mftrnn.cells.registry import Sigma
     G = Compiled([m.C_map], [C, Q, Sigma, sigma_w, sigma_v, sigma_b, mu_b, R])
     val = G(fp.C_star, fp.Q_star, 0.0, 1.2, 0.8, 0.3, 0.0, 1.0)[0]
     np.testing.assert_allclose(val, fp.C_star, rtol=1e-10)
@@ -233,7 +233,7 @@ def test_multistable_variance_map_returns_least_fixed_point_and_flags_it():
 def test_newton_that_cycles_between_bracket_ends_falls_back_to_bisection():
     # g is +-1 on either side of the root 0.5 with a slope that sends Newton from 0.4 to 0.6 and back: a 2-cycle
     # on the bracket's ends (what rounding noise in g does near chi_q = 1). The solver must bisect instead.
-    from mftrnn._fixed_point import _solve
+    from mftrnn.theory.fixed_point import _solve
 
     def g_dg(x, act):
         return np.where(x < 0.5, 1.0, -1.0), np.full(x.shape, -5.0)

@@ -1,6 +1,6 @@
 """Quadrature accuracy: every Gaussian expectation the built-in cells need, against mpmath.
 
-Stated property (mftrnn._quadrature): relative error <= 1e-8 over |mu| <= 10 and pre-activation variance
+Stated property (mftrnn.theory.quadrature): relative error <= 1e-8 over |mu| <= 10 and pre-activation variance
 q <= 100 (the book's ranges: sigma_w <= 10 with Q <= 1, |mu_b| <= 10, sigma_v <= 3, R <= 2). For integrands
 that change sign the error is measured relative to E|f| (the natural scale of a quadrature error).
 The reference is mpmath's tanh-sinh quadrature at 20 significant digits, split at the activation's transition.
@@ -12,9 +12,9 @@ import pytest
 import sympy as sp
 
 import mftrnn as mf
-from mftrnn._gaussian import E, EPS
-from mftrnn import _quadrature as Qd
-from mftrnn._numeric import Compiled
+from mftrnn.theory.gaussian import E, EPS
+from mftrnn.theory import quadrature as Qd
+from mftrnn.theory.numeric import Compiled
 
 from _mp import mp_expect, mp_function
 
@@ -47,7 +47,7 @@ def test_expectations_match_mpmath(body):
 
 
 def test_node_count_grows_with_variance_and_pole_proximity():
-    from mftrnn._quadrature import nodes_for
+    from mftrnn.theory.quadrature import nodes_for
     s = np.array([0.1, 1.0, 10.0])
     n_tanh, n_sig = nodes_for(s, np.pi / 2), nodes_for(s, np.pi)
     assert np.all(np.diff(n_tanh) >= 0) and np.all(n_tanh >= n_sig)
@@ -67,7 +67,7 @@ def test_bivariate_expectations_match_nested_adaptive_quadrature(kind, mu, qa, q
     from scipy import integrate, special
 
     from mftrnn import expect2, sigmoid
-    from mftrnn._gaussian import EPS_A, EPS_B
+    from mftrnn.theory.gaussian import EPS_A, EPS_B
 
     f_sym = sp.tanh if kind == "tanh" else sigmoid
     f_num = np.tanh if kind == "tanh" else special.expit
@@ -91,7 +91,7 @@ def test_bivariate_coarse_rule(kind):
     univariate coarse rule it must give products f(e_a) f(e_b) to ~1e-5 and the slopes' f'(e_a) f'(e_b) to ~1e-4
     (relative to max(|E|, 1e-3)). Measured worst cases over this grid: 9.6e-7 and 8.9e-6."""
     from mftrnn import expect2, sigmoid
-    from mftrnn._gaussian import EPS_A, EPS_B
+    from mftrnn.theory.gaussian import EPS_A, EPS_B
 
     f = sp.tanh if kind == "tanh" else sigmoid
     maps, slopes = [], []

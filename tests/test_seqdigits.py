@@ -1,7 +1,7 @@
 """The sequential-digits experiment (mftrnn/seqdigits.py and ``mftrnn digits``).
 
 No test reads ``../shared/data`` or the network: MNIST-like IDX files are generated here (with their sha256
-injected into :data:`mftrnn.seqdigits.MNIST_SHA256`), downloads go through a fake fetcher, and training uses
+injected into :data:`mftrnn.experiments.seqdigits.MNIST_SHA256`), downloads go through a fake fetcher, and training uses
 scikit-learn's 8x8 digits (preset ``tiny``: 300 Adam steps of batch 32 on 1,347 training images, ~0.5 s a run
 on one core).
 
@@ -25,10 +25,10 @@ import pytest
 import torch
 
 import mftrnn
-from mftrnn import data as D
-from mftrnn import seqdigits as sd
-from mftrnn.cli import main
-from mftrnn.seqdigits import DigitsConfig, SequentialDigits, read_idx, write_idx
+from mftrnn.experiments import data as D
+from mftrnn.experiments import seqdigits as sd
+from mftrnn.cli.app import main
+from mftrnn.experiments.seqdigits import DigitsConfig, SequentialDigits, read_idx, write_idx
 
 LEARNS = 0.5  # see the module docstring
 

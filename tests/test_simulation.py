@@ -1,4 +1,4 @@
-"""The finite-width simulator (mftrnn.nn, mftrnn.simulate) and theory vs Monte Carlo.
+"""The finite-width simulator (mftrnn.nets.nn, mftrnn.nets.simulate) and theory vs Monte Carlo.
 
 Tolerances.  For a width-N network, Q_t = |h_t|^2/N is an average of N weakly
 dependent terms, so its network-to-network fluctuations are O(1/sqrt(N)); for
@@ -25,8 +25,8 @@ import pytest
 import torch
 
 import mftrnn as mf
-from mftrnn.nn import MinimalRNNCell, VanillaRNNCell, haar_orthogonal, init_
-from mftrnn.simulate import _pair_product, measure_chi, simulate
+from mftrnn.nets.nn import MinimalRNNCell, VanillaRNNCell, haar_orthogonal, init_
+from mftrnn.nets.simulate import _pair_product, measure_chi, simulate
 
 
 # ----------------------------------------------------------------------------- nn.py
@@ -320,7 +320,7 @@ def test_vanilla_tied_weights_obey_mean_field():
 @pytest.mark.parametrize("name,Cell", [("vanilla", lambda n: VanillaRNNCell(n, n)), ("minimal", MinimalRNNCell)])
 def test_tied_simulator_steps_are_the_pytorch_cells(name, Cell):
     """The tied simulator is the nn.Module cell: same weights and inputs give the same trajectory."""
-    from mftrnn.simulate import _Networks, _inputs
+    from mftrnn.nets.simulate import _Networks, _inputs
 
     N, B, T = 40, 2, 5
     gen = torch.Generator().manual_seed(3)

@@ -1,5 +1,5 @@
-"""Cell-level spectral density of J J^T for the T-step Jacobian (mftrnn.spectrum) against explicit matrices and
-finite-width PyTorch networks (mftrnn.simulate.jacobian_spectrum).
+"""Cell-level spectral density of J J^T for the T-step Jacobian (mftrnn.theory.spectrum) against explicit matrices and
+finite-width PyTorch networks (mftrnn.nets.simulate.jacobian_spectrum).
 
 Tolerances.  The theory is a functional of the mean-field law of the coefficients (a_i, b_i). A network of width N
 realises N of them (n networks: nN), and by the Dvoretzky-Kiefer-Wolfowitz inequality the Kolmogorov distance
@@ -27,9 +27,9 @@ import pytest
 import torch
 
 import mftrnn as mf
-from mftrnn import free as fr
-from mftrnn.simulate import jacobian_spectrum
-from mftrnn.spectrum import (_fine_diagonal_law, kolmogorov_distance, spectral_density, spectral_grid, spectral_law,
+from mftrnn.theory import free as fr
+from mftrnn.nets.simulate import jacobian_spectrum
+from mftrnn.theory.spectrum import (_fine_diagonal_law, kolmogorov_distance, spectral_density, spectral_grid, spectral_law,
                              step_law)
 
 VANILLA = dict(sigma_w=1.5, sigma_v=0.5)  # chi = 0.967: the T = 20 spectrum spans ~140 decades

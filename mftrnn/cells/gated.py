@@ -30,9 +30,9 @@ from dataclasses import dataclass
 import numpy as np
 import sympy as sp
 
-from .._errors import DomainError
+from ..errors import DomainError
 from .._validate import finite_array
-from .._gaussian import sigmoid
+from .functions import sigmoid
 
 __all__ = ["Field", "GatedCell", "gate_hyperparameters", "hyperparameter_names", "LSTM", "GRU", "LSTM_PEEPHOLE",
            "GRU_RESET_BEFORE", "GATED_DEFAULTS"]

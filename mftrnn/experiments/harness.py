@@ -1,6 +1,6 @@
 """One run harness for the experiments: provenance (device, git state, versions, UTC dates), atomic JSON results
 and checkpoints (written to a temporary file and renamed, so a killed run never leaves a half-written file; read
-back with one clear error). :mod:`mftrnn.lm` and :mod:`mftrnn.seqdigits` use it instead of copies of their own.
+back with one clear error). :mod:`mftrnn.experiments.lm` and :mod:`mftrnn.experiments.seqdigits` use it instead of copies of their own.
 
 The git state is recorded when the package runs from a checkout and is ``None`` otherwise (an installed wheel
 works without git).
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from .._errors import MftrnnError
+from ..errors import MftrnnError
 from .._io import atomic_write
 
 __all__ = ["device_name", "git_state", "utc_now", "provenance", "write_json_atomic", "save_checkpoint",

@@ -33,9 +33,9 @@ and ``tests/test_nets_gated.py``):
   above);
 * ``vanilla``: ``nn.RNN`` and ``nn.RNNCell`` with ``nonlinearity="tanh"`` (``weight_hh_l{l}`` :math:`=W`,
   ``weight_ih_l{l}`` :math:`=V`, :math:`b` = ``bias_ih + bias_hh``; copied to torch as ``bias_ih = b``,
-  ``bias_hh = 0``), and :class:`mftrnn.nn.VanillaRNNCell` (``weight_hh``, ``weight_ih``, ``bias``, 1:1);
-* ``minimal``: :class:`mftrnn.nn.MinimalRNNCell` (1:1) and the hand-fused multi-layer
-  :class:`mftrnn.layers.MinimalRNN` (its own backward): ``weight_hh_l{l}`` :math:`=W`, ``weight_ih_l{l}``
+  ``bias_hh = 0``), and :class:`mftrnn.nets.nn.VanillaRNNCell` (``weight_hh``, ``weight_ih``, ``bias``, 1:1);
+* ``minimal``: :class:`mftrnn.nets.nn.MinimalRNNCell` (1:1) and the hand-fused multi-layer
+  :class:`mftrnn.nets.layers.MinimalRNN` (its own backward): ``weight_hh_l{l}`` :math:`=W`, ``weight_ih_l{l}``
   :math:`=V`, ``bias_l{l}`` :math:`=b` of derived layer :math:`l`. The cell's input is the embedded :math:`z`;
   with ``embed=True`` every layer of ``MinimalRNN`` (layer :math:`l>0` too) first maps its input through its own
   embedding :math:`z = \Phi_l y + \phi_{b,l}` (``embed_weight_l{l}``, ``embed_bias_l{l}``), which is not part of
@@ -54,17 +54,18 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .._cells import Cell, get_cell
-from .._errors import DomainError
+from ..cells.registry import Cell, get_cell
+from ..errors import DomainError
 from ..cells.gated import GRU, LSTM, GatedCell, gate_hyperparameters
-from ..layers import MinimalRNN
-from ..nn import MinimalRNNCell, VanillaRNNCell, haar_orthogonal
+from .layers import MinimalRNN
+from .nn import MinimalRNNCell, VanillaRNNCell, haar_orthogonal
 
 __all__ = ["DerivedCell", "DerivedRNN", "derived_module", "init_gated_", "Implementation", "register_implementation",
            "implementations", "copy_to_torch", "copy_from_torch"]
 
 #: SymPy function name -> torch function, for the lambdified update rules
-TORCH_FUNCTIONS = {"sigmoid": torch.sigmoid, "tanh": torch.tanh, "exp": torch.exp}
+TORCH_FUNCTIONS = {name: getattr(torch, name) for name in
+                   ("sigmoid", "tanh", "exp", "log", "cosh", "sinh", "sqrt", "abs", "sin", "cos", "erf")}
 
 
 # --------------------------------------------------------------------------- the derived module
@@ -414,7 +415,7 @@ def _one_gate(cell: GatedCell) -> str:
 
 
 def _cell_module_blocks(module, cell: GatedCell) -> list:
-    """One layer of :mod:`mftrnn.nn`'s ``weight_hh``, ``weight_ih``, ``bias`` (``VanillaRNNCell``, ``MinimalRNNCell``)."""
+    """One layer of :mod:`mftrnn.nets.nn`'s ``weight_hh``, ``weight_ih``, ``bias`` (``VanillaRNNCell``, ``MinimalRNNCell``)."""
     return [{_one_gate(cell): _Block(module.weight_hh, module.weight_ih, module.bias)}]
 
 

@@ -11,7 +11,7 @@ SymPy expression :math:`F`:
    Gaussian variable: given the other fields :math:`e_o`, the argument :math:`\epsilon = L_0(e_o) + \sum_k
    a_k(e_o)e_k` is :math:`\mathcal N(L_0+\sum_k a_k\mu_k,\ \sum_k a_k^2 q_k)`, so the group is a two-level
    integral (outer over :math:`e_o`, inner over :math:`\epsilon`) instead of a three-dimensional one;
-3. every one-dimensional integral is the strip-aware trapezoidal rule of :mod:`mftrnn._quadrature` (node count
+3. every one-dimensional integral is the strip-aware trapezoidal rule of :mod:`mftrnn.theory.quadrature` (node count
    from the distance of the integrand's nearest complex singularity, target accuracy 1e-12), tensor products of
    them for several fields.
 
@@ -24,9 +24,9 @@ import functools
 import numpy as np
 import sympy as sp
 
-from .._errors import MftrnnError
-from .._numeric import NUMPY_MODULES, strip_half_width
-from .._quadrature import WINDOW, _rule, nodes_for
+from ..errors import MftrnnError
+from .numeric import NUMPY_MODULES, strip_half_width
+from .quadrature import WINDOW, _rule, nodes_for
 
 __all__ = ["FieldIntegral", "gaussian_nodes"]
 

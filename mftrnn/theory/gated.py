@@ -51,8 +51,8 @@ import numpy as np
 import sympy as sp
 from scipy.optimize import brentq
 
-from .._errors import ConvergenceError, DomainError, MftrnnError
-from .._numeric import NUMPY_MODULES, strip_half_width
+from ..errors import ConvergenceError, DomainError, MftrnnError
+from .numeric import NUMPY_MODULES, strip_half_width
 from ..cells.gated import GatedCell, gate_hyperparameters
 from .field_integrals import FieldIntegral, gaussian_nodes
 from .perpetuity import S_MAX, chebyshev_grid, sech2_transform, sech4_transform, solve_characteristic
@@ -439,7 +439,7 @@ def parseval_weights(grid, transform, m1: float):
 def cell_state_law(fp: "GatedFixedPoint") -> StationaryLaw:
     """The stationary law of the carried state at a fixed point (scalar hyperparameters), from the field moments
     the fixed point reports: its characteristic function, :meth:`StationaryLaw.density`, exact moments."""
-    from .._cells import get_cell
+    from ..cells.registry import get_cell
     st = analyse(get_cell(fp.cell))
     if np.ndim(fp.Q_star) != 0:
         raise MftrnnError("cell_state_law needs a fixed point at scalar hyperparameters")
@@ -766,7 +766,7 @@ def gated_fixed_point(cell, *, closure: str = "exact", **hyperparameters) -> Gat
     approximation, reported as such; no :math:`\chi`). Which fixed point: the least root of the variance map
     (reached from a zero state); ``multistable`` flags points where the scan saw more than one.
     """
-    from .._cells import get_cell  # the one registry
+    from ..cells.registry import get_cell  # the one registry
     cell = get_cell(cell)
     if not isinstance(cell, GatedCell):
         raise MftrnnError(f"{cell.name!r} is not a gated cell; use mftrnn.fixed_point")

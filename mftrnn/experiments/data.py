@@ -45,8 +45,8 @@ from typing import Iterator
 
 import torch
 
-from ._errors import DataError
-from ._io import atomic_write
+from ..errors import DataError
+from .._io import atomic_write
 
 __all__ = [
     "DataError",

@@ -29,16 +29,16 @@ The blank steps have :math:`R = 0`; results therefore record the theory at both 
 ``theory["blank"]``).
 
 Models (:class:`SequenceClassifier`): a tanh :class:`torch.nn.RNN` (``cell="vanilla"``) or the fast
-:class:`mftrnn.layers.MinimalRNN` (``cell="minimal"``, with its embedding :math:`z = \Phi x + \phi_b`), one layer of
+:class:`mftrnn.nets.layers.MinimalRNN` (``cell="minimal"``, with its embedding :math:`z = \Phi x + \phi_b`), one layer of
 width :math:`N`, and a linear readout of :math:`h_T`.  Initialisations (:func:`initialise`):
 
 * ``default`` -- PyTorch's own initialisation of :class:`torch.nn.RNN` (all weights and both biases
   :math:`\mathcal U(-1/\sqrt N, 1/\sqrt N)`, i.e. in mean-field terms :math:`\sigma_w^2 = 1/3`,
   :math:`\sigma_v^2 = N_{in}/(3N)`, :math:`\sigma_b^2 = 2/(3N)`, :math:`\mu_b=0`), resp. the minimalRNN layer's
   default (:math:`\sigma_w=\sigma_v=1`, :math:`\sigma_b=\mu_b=0`, Gaussian);
-* ``critical`` -- :func:`mftrnn.init.critical_rnn_init_` (vanilla: :math:`\chi = 1` at a chosen :math:`q^*`) and
-  :func:`mftrnn.init.critical_minimal_init_` (minimalRNN: gate bias such that :math:`\xi \approx kT`);
-* ``off-critical`` -- explicit :math:`\sigma_w, \sigma_v, \sigma_b, \mu_b` (:func:`mftrnn.nn.init_` conventions;
+* ``critical`` -- :func:`mftrnn.nets.init.critical_rnn_init_` (vanilla: :math:`\chi = 1` at a chosen :math:`q^*`) and
+  :func:`mftrnn.nets.init.critical_minimal_init_` (minimalRNN: gate bias such that :math:`\xi \approx kT`);
+* ``off-critical`` -- explicit :math:`\sigma_w, \sigma_v, \sigma_b, \mu_b` (:func:`mftrnn.nets.nn.init_` conventions;
   the sweeps use :math:`0.5\times` and :math:`2\times` the critical :math:`\sigma_w` for the vanilla RNN and
   :math:`\mu_b = 0` for the minimalRNN);
 
@@ -80,9 +80,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .experiments.harness import device_name, git_state, save_checkpoint, utc_now, write_json_atomic
+from .harness import device_name, git_state, save_checkpoint, utc_now, write_json_atomic
 from . import data as _data
-from ._errors import ConvergenceError, DataError, DomainError, MftrnnError, UnknownCellError
+from ..errors import ConvergenceError, DataError, DomainError, MftrnnError, UnknownCellError
 
 __all__ = [
     "DigitsData",
@@ -122,7 +122,7 @@ INITS = ("default", "critical", "off-critical")
 WEIGHTS = ("orthogonal", "gaussian")
 DATASETS = ("mnist", "sklearn")
 N_CLASSES = 10
-RESULT_FORMAT = "mftrnn.seqdigits/1"
+RESULT_FORMAT = "mftrnn.experiments.seqdigits/1"
 
 # ---------------------------------------------------------------------------------------------------------------
 # MNIST files: IDX parsing, verification, download on request
@@ -276,7 +276,7 @@ def load_mnist(data_dir: str | os.PathLike | None = None, download: bool = False
     """MNIST from ``DATA/mnist/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]``, verified.
 
     ``DATA`` is ``data_dir``, else ``$MFTRNN_DATA``, else ``../shared/data`` (see
-    :func:`mftrnn.data.candidate_data_dirs`).  Every file's uncompressed content must match :data:`MNIST_SHA256`.
+    :func:`mftrnn.experiments.data.candidate_data_dirs`).  Every file's uncompressed content must match :data:`MNIST_SHA256`.
     Missing files raise :class:`~mftrnn.DataError` saying where we looked and what to do, unless ``download=True``:
     then only the missing files are fetched from :data:`MNIST_URL`, verified and written.
     """
@@ -408,7 +408,7 @@ class SequentialDigits:
 
 class SequenceClassifier(nn.Module):
     """A one-layer recurrent network (``cell`` = ``"vanilla"`` tanh :class:`torch.nn.RNN` or ``"minimal"``
-    :class:`mftrnn.layers.MinimalRNN`, ``batch_first``) and a linear readout of the last hidden state."""
+    :class:`mftrnn.nets.layers.MinimalRNN`, ``batch_first``) and a linear readout of the last hidden state."""
 
     def __init__(self, cell: str, n_features: int, hidden: int, n_classes: int = N_CLASSES):
         super().__init__()
@@ -417,7 +417,7 @@ class SequenceClassifier(nn.Module):
         if cell == "vanilla":
             self.rnn = nn.RNN(n_features, hidden, nonlinearity="tanh", batch_first=True)
         else:
-            from .layers import MinimalRNN
+            from ..nets.layers import MinimalRNN
             self.rnn = MinimalRNN(n_features, hidden, batch_first=True)
         self.readout = nn.Linear(hidden, n_classes)
 
@@ -439,15 +439,15 @@ def _pytorch_default_hyperparameters(n_features: int, hidden: int) -> dict:
 
 
 def _vanilla_params(rnn: nn.RNN) -> types.SimpleNamespace:
-    """``nn.RNN`` layer 0 seen as a :mod:`mftrnn.nn` cell (``weight_hh``, ``weight_ih``, ``bias``)."""
+    """``nn.RNN`` layer 0 seen as a :mod:`mftrnn.nets.nn` cell (``weight_hh``, ``weight_ih``, ``bias``)."""
     return types.SimpleNamespace(weight_hh=rnn.weight_hh_l0, weight_ih=rnn.weight_ih_l0, bias=rnn.bias_ih_l0)
 
 
 def _critical_initialisers():
     try:
-        from .init import critical_minimal_init_, critical_rnn_init_
-    except ImportError as exc:  # pragma: no cover - only while mftrnn.init is being written
-        raise MftrnnError(f"critical initialisation needs mftrnn.init ({exc})") from None
+        from ..nets.init import critical_minimal_init_, critical_rnn_init_
+    except ImportError as exc:  # pragma: no cover - only while mftrnn.nets.init is being written
+        raise MftrnnError(f"critical initialisation needs mftrnn.nets.init ({exc})") from None
     return critical_rnn_init_, critical_minimal_init_
 
 
@@ -477,7 +477,7 @@ def initialise(model: SequenceClassifier, config: "DigitsConfig", T: int,
                                       sigma_b=config.sigma_b or 0.0, R=R, generator=generator)
             hp = dict(_jsonable(info), orthogonal=orthogonal)
         else:
-            from .nn import init_
+            from ..nets.nn import init_
             init_(_vanilla_params(rnn), config.sigma_w, config.sigma_v, config.sigma_b, config.mu_b,
                   orthogonal=orthogonal, generator=generator)
             rnn.bias_hh_l0.zero_()
@@ -485,7 +485,7 @@ def initialise(model: SequenceClassifier, config: "DigitsConfig", T: int,
                       orthogonal=orthogonal)
         hp["R"] = R
     else:
-        from .layers import init_minimal_rnn_
+        from ..nets.layers import init_minimal_rnn_
         if init == "default":
             hp = dict(rnn.hyperparameters)  # the layer's own default, drawn at construction
         elif init == "critical":
@@ -511,7 +511,7 @@ def initialise(model: SequenceClassifier, config: "DigitsConfig", T: int,
 def theory(cell: str, hp: dict) -> dict:
     r"""Mean-field :math:`q^*, Q^*, \chi, \xi` at the hyperparameters ``hp`` for the input phase (second moment
     ``hp["R"]``) and the blank phase (:math:`R = 0`); ``None`` entries with an ``"error"`` if a fixed point fails."""
-    from ._fixed_point import fixed_point
+    from ..theory.fixed_point import fixed_point
     out = {}
     for phase, R in (("input", hp["R"]), ("blank", 0.0)):
         try:

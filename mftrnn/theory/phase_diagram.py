@@ -9,8 +9,8 @@ import sys
 
 import numpy as np
 
-from ._errors import ConvergenceError
-from ._fixed_point import fixed_point
+from ..errors import ConvergenceError
+from .fixed_point import fixed_point
 
 __all__ = ["compute_grid", "plot_phase_diagram", "TEX", "tex", "CHUNK_POINTS"]
 
@@ -33,8 +33,8 @@ def compute_grid(cell: str, x_name: str, x: np.ndarray, y_name: str, y: np.ndarr
     """
     from tqdm import tqdm
 
-    from ._cells import get_cell
-    from .cells.gated import GatedCell
+    from ..cells.registry import get_cell
+    from ..cells.gated import GatedCell
     gated = isinstance(get_cell(cell), GatedCell)
     keys = ("chi", "xi", "Q_star") if gated else _KEYS
     ny, nx = len(y), len(x)

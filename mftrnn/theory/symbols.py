@@ -5,8 +5,8 @@ Hyperparameters ``sigma_w, sigma_v, sigma_b, mu_b, R`` and the input overlap ``S
 the symbols in which :func:`mftrnn.mean_field` expresses its maps; pass them as the arguments of
 :class:`mftrnn.Compiled` to evaluate an expression numerically.
 """
-from ._cells import R, Sigma, mu_b, sigma_b, sigma_v, sigma_w
-from ._meanfield import C, M, M_a, M_b, Q, Q_a, Q_b
+from ..cells.registry import R, Sigma, mu_b, sigma_b, sigma_v, sigma_w
+from .meanfield import C, M, M_a, M_b, Q, Q_a, Q_b
 
 HYPERPARAMETERS = (sigma_w, sigma_v, sigma_b, mu_b, R)
 

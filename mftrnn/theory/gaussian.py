@@ -23,11 +23,14 @@ moments). A bivariate expectation whose covariance equals both variances (perfec
 pre-activations, e.g. identical inputs at the fixed point) collapses to a univariate one, and one
 whose integrand factorises over a zero covariance splits into a product.
 
-``sigmoid`` is the logistic function as a SymPy function with :math:`\sigma' = \sigma(1-\sigma)`.
+``sigmoid`` (the logistic function as a SymPy function, :math:`\sigma' = \sigma(1-\sigma)`) is defined with
+the cells in :mod:`mftrnn.cells.functions` and re-exported here.
 """
 from __future__ import annotations
 
 import sympy as sp
+
+from ..cells.functions import sigmoid
 
 __all__ = ["sigmoid", "E", "E2", "EPS", "EPS_A", "EPS_B", "expect", "expect2", "STRIP_HALF_WIDTH"]
 
@@ -37,32 +40,9 @@ EPS_A = sp.Symbol("epsilon_a", real=True)
 EPS_B = sp.Symbol("epsilon_b", real=True)
 
 
-class sigmoid(sp.Function):
-    r"""Logistic function :math:`\sigma(x) = 1/(1+e^{-x})`; :math:`\sigma'(x) = \sigma(x)(1-\sigma(x))`."""
-
-    def fdiff(self, argindex=1):
-        s = sigmoid(self.args[0])
-        return s * (1 - s)
-
-    @classmethod
-    def eval(cls, x):
-        if x.is_zero:
-            return sp.S.Half
-
-    def _eval_rewrite_as_exp(self, x, **kwargs):
-        return 1 / (1 + sp.exp(-x))
-
-    def _eval_is_real(self):
-        return self.args[0].is_real
-
-    def _latex(self, printer, exp=None):
-        s = r"\sigma\left(%s\right)" % printer._print(self.args[0])
-        return s if exp is None else r"\sigma^{%s}\left(%s\right)" % (exp, printer._print(self.args[0]))
-
-
 #: Half-width of the strip around the real axis in which each activation is analytic (distance of the
 #: nearest complex pole): tanh has poles at i*pi/2, the logistic function at i*pi. The quadrature
-#: (``mftrnn._quadrature``) chooses its step from this number.
+#: (``mftrnn.theory.quadrature``) chooses its step from this number.
 STRIP_HALF_WIDTH = {sp.tanh: sp.pi / 2, sigmoid: sp.pi}
 
 

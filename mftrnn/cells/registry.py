@@ -9,7 +9,7 @@ pre-activation is a Gaussian field in the mean-field limit,
 
 and :math:`y_k` (the vector the recurrent matrix multiplies) is the previous state unless the cell says
 otherwise. Everything else — variance and covariance maps, fixed points, slopes, timescales — is derived from
-this description by :mod:`mftrnn._meanfield`; adding a cell needs no new derivation code.
+this description by :mod:`mftrnn.theory.meanfield`; adding a cell needs no new derivation code.
 
 Requirement of the derivation: the update must be *affine* in the carried variables (previous state and
 input), with coefficients that are arbitrary functions of the pre-activations. The vanilla RNN, the minimalRNN,
@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 
 import sympy as sp
 
-from ._errors import MftrnnError, UnknownCellError
-from ._gaussian import sigmoid
-from .cells.gated import GRU, GRU_RESET_BEFORE, LSTM, LSTM_PEEPHOLE, Field, GatedCell
+from ..errors import MftrnnError, UnknownCellError
+from .functions import sigmoid
+from .gated import GRU, GRU_RESET_BEFORE, LSTM, LSTM_PEEPHOLE, Field, GatedCell
 
 __all__ = ["Cell", "Preactivation", "get_cell", "register_cell", "CELLS", "cells", "HYPER", "sigma_w", "sigma_v",
            "sigma_b", "mu_b", "R", "Sigma"]

@@ -1,4 +1,4 @@
-r"""Vectorised numerical Gaussian expectations (the numeric side of :mod:`mftrnn._gaussian`).
+r"""Vectorised numerical Gaussian expectations (the numeric side of :mod:`mftrnn.theory.gaussian`).
 
 Method: the trapezoidal rule in the standardised variable :math:`\xi`, with :math:`e = \mu + \sqrt q\,\xi`,
 

@@ -1,6 +1,6 @@
 r"""A fast multi-step, multi-layer minimalRNN with an :class:`torch.nn.LSTM`-like interface.
 
-Each layer :math:`l` runs the minimalRNN of :mod:`mftrnn.nn` over a whole
+Each layer :math:`l` runs the minimalRNN of :mod:`mftrnn.nets.nn` over a whole
 sequence (width :math:`N`, input dimension :math:`N_{in}`):
 
 .. math::
@@ -36,7 +36,7 @@ sequence at once, :math:`\partial L/\partial W = \sum_t \delta_t^T h_{t-1}`,
 (:math:`V, b, \Phi, \phi_b, x`) through the two large products.
 
 Measured on a 2-core AVX-512 CPU (torch 2.13, float32, forward + backward,
-seq 35, batch 20; ``python -m mftrnn.bench_layers``): the hand-written
+seq 35, batch 20; ``python -m mftrnn.experiments.bench_layers``): the hand-written
 backward gives 1.6x (N=256) and 1.5x (N=650) the throughput of the plain
 autograd loop; ``backend="compile"`` (:func:`torch.compile` of the whole
 loop) costs ~37 s of compilation per shape and is still 1.3-1.5x *slower*
@@ -247,7 +247,7 @@ class MinimalRNN(nn.Module):
     (:math:`\Phi`, ``(N, N_in)``) and ``embed_bias_l{l}`` (:math:`\phi_b`).
 
     Initialisation (:func:`init_minimal_rnn_`, the conventions of
-    :func:`mftrnn.nn.init_`): :math:`W_{ij}\sim\mathcal N(0,\sigma_w^2/N)`
+    :func:`mftrnn.nets.nn.init_`): :math:`W_{ij}\sim\mathcal N(0,\sigma_w^2/N)`
     (or :math:`\sigma_w O`), :math:`V_{ij}\sim\mathcal N(0,\sigma_v^2/N)`,
     :math:`b_i\sim\mathcal N(\mu_b,\sigma_b^2)`,
     :math:`\Phi_{ij}\sim\mathcal N(0,\sigma_\phi^2/N_{in})`,
@@ -393,7 +393,7 @@ def init_minimal_rnn_(rnn: MinimalRNN, sigma_w: float = 1.0, sigma_v: float = 1.
                       generator: torch.Generator | None = None) -> dict:
     r"""Mean-field initialisation of every layer of ``rnn`` in place; return the hyperparameters.
 
-    :math:`W, V, b` as in :func:`mftrnn.nn.init_` (:math:`W_{ij}\sim\mathcal
+    :math:`W, V, b` as in :func:`mftrnn.nets.nn.init_` (:math:`W_{ij}\sim\mathcal
     N(0,\sigma_w^2/N)` or :math:`W=\sigma_w O` if ``orthogonal``,
     :math:`V_{ij}\sim\mathcal N(0,\sigma_v^2/N)`, :math:`b_i\sim\mathcal
     N(\mu_b,\sigma_b^2)`), and the embedding

@@ -48,16 +48,16 @@ import math
 import numpy as np
 import sympy as sp
 
-from ._cells import R as R_sym
-from ._cells import sigma_b as sigma_b_sym
-from ._cells import sigma_v as sigma_v_sym
-from ._cells import sigma_w as sigma_w_sym
-from ._cells import mu_b as mu_b_sym
-from ._errors import ConvergenceError, DomainError
-from ._fixed_point import fixed_point, timescale
-from ._gaussian import E
-from ._meanfield import Q, mean_field
-from ._numeric import Compiled
+from ..cells.registry import R as R_sym
+from ..cells.registry import sigma_b as sigma_b_sym
+from ..cells.registry import sigma_v as sigma_v_sym
+from ..cells.registry import sigma_w as sigma_w_sym
+from ..cells.registry import mu_b as mu_b_sym
+from ..errors import ConvergenceError, DomainError
+from .fixed_point import fixed_point, timescale
+from .gaussian import E
+from .meanfield import Q, mean_field
+from .numeric import Compiled
 
 __all__ = ["vanilla_critical_line", "vanilla_critical", "vanilla_min_q_star", "minimal_critical_mu_b",
            "minimal_critical_sigma_w", "minimal_for_timescale", "minimal_mu_b_roots", "MU_B_STEP", "XI_MAX",
@@ -492,9 +492,9 @@ def minimal_for_timescale(T, *, k=1.0, sigma_w=None, sigma_v=1.0, sigma_b=0.0, R
     ``sigma_w_grid``, default :data:`SIGMA_W_GRID`) the gate biases with :math:`\chi(\mu_b) = \chi^*` are found
     (:func:`minimal_mu_b_roots`; continuous crossings of the least stable fixed point only). Each candidate has a
     per-step relative spectral variance :math:`r = \mathrm{Var}(\lambda)/\mathbb E[\lambda]^2` of :math:`J_tJ_t^\top`
-    (:func:`mftrnn.jacobian.step_moments`, orthogonal or Gaussian :math:`W`); over the :math:`T` steps of the task
+    (:func:`mftrnn.theory.jacobian.step_moments`, orthogonal or Gaussian :math:`W`); over the :math:`T` steps of the task
     the relative variance of the squared singular values of the product is :math:`Tr` (free probability,
-    :func:`mftrnn.jacobian.product_moments`), the ``spread``.
+    :func:`mftrnn.theory.jacobian.product_moments`), the ``spread``.
 
     Criterion: among the candidates with ``spread`` :math:`Tr \le` ``max_spread`` (default :data:`MAX_SPREAD`: the
     squared singular values of the whole task's Jacobian within ~30% of their mean), the **largest**
@@ -567,7 +567,7 @@ def minimal_for_timescale(T, *, k=1.0, sigma_w=None, sigma_v=1.0, sigma_b=0.0, R
 
 
 def _step_moments(sigma_w, mu_b, fixed, orthogonal):
-    """Moments of the spectrum of J_t J_t^T from :mod:`mftrnn.jacobian` (vectorised)."""
+    """Moments of the spectrum of J_t J_t^T from :mod:`mftrnn.theory.jacobian` (vectorised)."""
     from .jacobian import step_moments
 
     return step_moments("minimal", orthogonal=bool(orthogonal), sigma_w=sigma_w, mu_b=mu_b, **fixed)

@@ -1,6 +1,6 @@
 """Benchmark of the vectorised mean-field engine against a naive per-point baseline.
 
-Run as ``python -m mftrnn.benchmark``.
+Run as ``python -m mftrnn.experiments.benchmark``.
 
 The baseline is written independently from the engine, straight from the
 hand-derived mean-field recursions of the minimalRNN (Chen, Pennington &
@@ -261,7 +261,7 @@ def _format(res: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m mftrnn.benchmark",
+        prog="python -m mftrnn.experiments.benchmark",
         description="Time the vectorised minimalRNN fixed-point engine against a naive "
                     "per-point quad+brentq baseline.")
     parser.add_argument("--n", type=int, default=256, help="grid size per axis (default 256)")

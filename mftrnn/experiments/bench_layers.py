@@ -1,6 +1,6 @@
-"""Throughput of :class:`mftrnn.layers.MinimalRNN` against :class:`torch.nn.LSTM` and :class:`torch.nn.GRU`.
+"""Throughput of :class:`mftrnn.nets.layers.MinimalRNN` against :class:`torch.nn.LSTM` and :class:`torch.nn.GRU`.
 
-Run as ``python -m mftrnn.bench_layers [--hidden 256 --seq 64 --batch 32 --layers 1
+Run as ``python -m mftrnn.experiments.bench_layers [--hidden 256 --seq 64 --batch 32 --layers 1
 --device cpu --repeat 20 --warmup 3 --backend function --no-embed --json]``.
 
 All three models get the same input size (= hidden size), sequence length,
@@ -26,7 +26,7 @@ import time
 import torch
 from torch import nn
 
-from .layers import BACKENDS, MinimalRNN
+from ..nets.layers import BACKENDS, MinimalRNN
 
 __all__ = ["resolve_device", "make_models", "time_step", "run_benchmark", "main"]
 
@@ -116,7 +116,7 @@ def _print_table(res: dict) -> None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m mftrnn.bench_layers", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m mftrnn.experiments.bench_layers", description=__doc__.split("\n")[0])
     p.add_argument("--hidden", type=int, default=256)
     p.add_argument("--seq", type=int, default=64)
     p.add_argument("--batch", type=int, default=32)

@@ -7,16 +7,16 @@ r"""State-to-state Jacobians of recurrent cells, the moments of their singular-v
           \qquad a = \frac{\partial f}{\partial h}\Big|_{e},\quad b_k = \frac{\partial f}{\partial e^{(k)}},
 
 both derived by SymPy from ``cell.update`` (:func:`step_jacobian`). For an update affine in :math:`h` and
-:math:`x` (the requirement of :mod:`mftrnn._meanfield`), :math:`a = c_h(e)` depends on the pre-activations only and
+:math:`x` (the requirement of :mod:`mftrnn.theory.meanfield`), :math:`a = c_h(e)` depends on the pre-activations only and
 :math:`b_k = \beta_{0k}(e) + \beta_{hk}(e)\,h_{t-1} + \beta_{xk}(e)\,x_t` is affine in the carried variables. Vanilla
 RNN: :math:`a=0`, :math:`b=1-\tanh^2 e`; minimalRNN: :math:`a=u`, :math:`b=u(1-u)(h_{t-1}-z_t)`. Cells whose
 recurrent matrix multiplies something other than the plain state (``Preactivation.recurrent_input``) are refused.
 
-**Mean-field law of the coefficients.** The assumptions of :mod:`mftrnn._meanfield`: per unit, the pre-activations
+**Mean-field law of the coefficients.** The assumptions of :mod:`mftrnn.theory.meanfield`: per unit, the pre-activations
 :math:`e^{(k)}\sim\mathcal N(\mu_b, q_k^*)` (independent of each other), the previous state :math:`h_{t-1}` (its
 stationary law) and the input :math:`x_t` are independent, and the coefficients :math:`(a_i, b_i)` are independent of
 the recurrent matrices. Inputs are taken **Gaussian**, :math:`x\sim\mathcal N(0,R)` (so :math:`\mathbb E x^4 = 3R^2`;
-the simulator :mod:`mftrnn.simulate` draws such inputs). Moments of :math:`b` involve the moments of
+the simulator :mod:`mftrnn.nets.simulate` draws such inputs). Moments of :math:`b` involve the moments of
 :math:`h_{t-1}`; with :math:`h_t = c_0 + c_h h_{t-1} + c_x x_t` and the independence above, the stationary moments
 :math:`H_k=\mathbb E[h^k]` solve the triangular system
 
@@ -61,7 +61,7 @@ diagonal parts :math:`\operatorname{diag}(a_t)` of different steps commute (clas
 the states that enter :math:`b_t` are correlated across steps. :func:`product_moments` therefore also returns the
 exact large-N variance for coefficients drawn independently at every step (a three-moment recursion, see there),
 which removes the first error; ``tests/test_jacobian.py`` compares both with
-:func:`mftrnn.simulate.jacobian_spectrum`.
+:func:`mftrnn.nets.simulate.jacobian_spectrum`.
 
 **Dynamical isometry** (:func:`isometry`): all singular values of the :math:`T`-step Jacobian close to one, i.e.
 :math:`\chi=1` (the mean neither grows nor decays) *and* a vanishing per-step relative variance :math:`r` (the spread
@@ -80,15 +80,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import sympy as sp
 
-from ._cells import Cell, R, get_cell
-from ._errors import DomainError, MftrnnError
-from ._fixed_point import _evaluate, check_hyperparameters, fixed_point, unpack_fixed_point
-from ._meanfield import M, Q, _affine_coefficients, mean_field
-from ._numeric import NUMPY_MODULES, Compiled, strip_half_width
-from ._quadrature import WINDOW, _rule, nodes_for
+from ..cells.registry import Cell, R, get_cell
+from ..errors import DomainError, MftrnnError
+from .fixed_point import _evaluate, check_hyperparameters, fixed_point, unpack_fixed_point
+from .meanfield import M, Q, _affine_coefficients, mean_field
+from .numeric import NUMPY_MODULES, Compiled, strip_half_width
+from .quadrature import WINDOW, _rule, nodes_for
 
 __all__ = ["StepJacobian", "step_jacobian", "CoefficientLaw", "coefficient_law", "coefficient_moment",
-           "spectral_moments", "step_moments", "product_moments", "isometry", "torch_coefficients",
+           "spectral_moments", "step_moments", "product_moments", "isometry",
            "state_moments"]
 
 
@@ -140,39 +140,6 @@ def step_jacobian(cell) -> StepJacobian:
     whose recurrent input is not the plain state (``Preactivation.recurrent_input``).
     """
     return _step_jacobian(get_cell(cell, gated=False))
-
-
-#: SymPy function names -> PyTorch, for :func:`torch_coefficients`
-_TORCH_FUNCTIONS = ("sigmoid", "tanh", "exp", "log", "cosh", "sinh", "sqrt", "abs", "sin", "cos", "erf")
-
-
-def torch_coefficients(cell):
-    r"""The Jacobian coefficients as a PyTorch function ``(e, h, x) -> (a, b)`` (single pre-activation).
-
-    Lambdified from :func:`step_jacobian`, so the simulator's Jacobians come from the same derivation as the theory;
-    the tensors broadcast (``a`` is returned broadcast to the shape of ``e``).
-    """
-    return _torch_coefficients(get_cell(cell, gated=False))
-
-
-@functools.lru_cache(maxsize=None)
-def _torch_coefficients(cell: Cell):
-    import torch
-
-    jac = _step_jacobian(cell)
-    if len(jac.b) != 1:
-        raise MftrnnError(f"torch_coefficients supports cells with one pre-activation; {jac.cell.name!r} has "
-                          f"{len(jac.b)}")
-    module = {name: getattr(torch, name) for name in _TORCH_FUNCTIONS}
-    c = jac.cell
-    fn = sp.lambdify([c.preactivations[0].symbol, c.state, c.input], [jac.a, jac.b[0]], modules=[module])
-
-    def coefficients(e, h, x):
-        a, b = fn(e, h, x)
-        return (torch.broadcast_to(torch.as_tensor(a, dtype=e.dtype, device=e.device), e.shape),
-                torch.broadcast_to(torch.as_tensor(b, dtype=e.dtype, device=e.device), e.shape))
-
-    return coefficients
 
 
 # ------------------------------------------------------------------------------- mean-field expectations
@@ -625,7 +592,7 @@ def coefficient_law(cell, *, n_state: int = 6, **hyperparameters) -> Coefficient
     N(\mu_b,q^*)`, the previous state :math:`h` (stationary law) and the Gaussian input :math:`x\sim\mathcal N(0,R)`
     independent. The law is the product of
 
-    * the engine's trapezoid rule in :math:`e` (:mod:`mftrnn._quadrature`, node count for accuracy 1e-12 given the
+    * the engine's trapezoid rule in :math:`e` (:mod:`mftrnn.theory.quadrature`, node count for accuracy 1e-12 given the
       poles of the integrand; atoms of weight below 1e-15 of the largest dropped), and
     * for the carried variable, an ``n_state``-point Gauss rule of its law built from its exact moments (Golub-Welsch):
       of :math:`y=h+\rho x` when :math:`\beta_x=\rho\beta_h` with constant :math:`\rho` (minimalRNN: :math:`y=h_{t-1}

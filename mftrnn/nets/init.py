@@ -2,7 +2,7 @@ r"""Critical initialisation of PyTorch recurrent modules, in the style of :mod:`
 
 Each initialiser acts in place on a module's parameters, returns the hyperparameters it chose (a JSON-ready dict,
 with the mean-field fixed point and :math:`\chi`, :math:`\xi` they give), and takes an optional
-:class:`torch.Generator`. The distributions are the mean-field ones (:func:`mftrnn.nn.init_`):
+:class:`torch.Generator`. The distributions are the mean-field ones (:func:`mftrnn.nets.nn.init_`):
 
 .. math::
 
@@ -10,11 +10,11 @@ with the mean-field fixed point and :math:`\chi`, :math:`\xi` they give), and ta
     V_{ij}\sim\mathcal N(0, \sigma_v^2/N_{in}), \qquad b_i\sim\mathcal N(\mu_b, \sigma_b^2).
 
 * :func:`critical_rnn_init_` — :class:`torch.nn.RNN` (tanh), :class:`torch.nn.RNNCell` (tanh) and
-  :class:`mftrnn.nn.VanillaRNNCell` on the critical line :math:`\chi = 1` with a chosen :math:`q^*`
-  (:func:`mftrnn.critical.vanilla_critical`), or with explicit :math:`\sigma_w, \sigma_v`.
-* :func:`critical_minimal_init_` — :class:`mftrnn.nn.MinimalRNNCell` and single-layer
-  :class:`mftrnn.layers.MinimalRNN` with the timescale :math:`\xi = kT`
-  (:func:`mftrnn.critical.minimal_for_timescale`), or with explicit :math:`\sigma_w, \mu_b`.
+  :class:`mftrnn.nets.nn.VanillaRNNCell` on the critical line :math:`\chi = 1` with a chosen :math:`q^*`
+  (:func:`mftrnn.theory.critical.vanilla_critical`), or with explicit :math:`\sigma_w, \sigma_v`.
+* :func:`critical_minimal_init_` — :class:`mftrnn.nets.nn.MinimalRNNCell` and single-layer
+  :class:`mftrnn.nets.layers.MinimalRNN` with the timescale :math:`\xi = kT`
+  (:func:`mftrnn.theory.critical.minimal_for_timescale`), or with explicit :math:`\sigma_w, \mu_b`.
 
 Stacked layers. Layer 0 sees the external input, of per-component second moment :math:`R`; layer :math:`l>0` sees the
 states of layer :math:`l-1`, of second moment :math:`Q^*_{l-1}` at the fixed point, so its :math:`R_l = Q^*_{l-1}`
@@ -32,9 +32,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._errors import DomainError, MftrnnError
-from ._fixed_point import fixed_point, timescale
-from .critical import minimal_for_timescale, vanilla_critical
+from ..errors import DomainError, MftrnnError
+from ..theory.fixed_point import fixed_point, timescale
+from ..theory.critical import minimal_for_timescale, vanilla_critical
 from .nn import MinimalRNNCell, VanillaRNNCell, haar_orthogonal
 
 __all__ = ["critical_rnn_init_", "critical_minimal_init_", "module_chi"]
@@ -127,10 +127,10 @@ def critical_rnn_init_(rnn, *, q_star=None, orthogonal: bool = True, mu_b: float
     r"""Initialise a tanh RNN in place on the critical line :math:`\chi = 1`; return the chosen hyperparameters.
 
     Supports :class:`torch.nn.RNN` (``nonlinearity="tanh"``, any ``num_layers``, ``bidirectional``, ``bias``),
-    :class:`torch.nn.RNNCell` (tanh) and :class:`mftrnn.nn.VanillaRNNCell`.
+    :class:`torch.nn.RNNCell` (tanh) and :class:`mftrnn.nets.nn.VanillaRNNCell`.
 
     Either ``q_star`` (the pre-activation variance at the fixed point): every layer gets
-    :func:`mftrnn.critical.vanilla_critical` ``(q_star, mu_b=mu_b, sigma_b=sigma_b, R=R_l)``, with :math:`R_0 = R`
+    :func:`mftrnn.theory.critical.vanilla_critical` ``(q_star, mu_b=mu_b, sigma_b=sigma_b, R=R_l)``, with :math:`R_0 = R`
     (the input's per-component second moment) and :math:`R_l = Q^*` for :math:`l>0` (module docstring); all layers
     then share :math:`\sigma_w` and :math:`q^*`, and :math:`\sigma_v` is set per layer. Or explicit ``sigma_w`` and
     ``sigma_v`` (the same in every layer; each layer's fixed point is then computed with :math:`R_l = Q^*_{l-1}`).
@@ -139,7 +139,7 @@ def critical_rnn_init_(rnn, *, q_star=None, orthogonal: bool = True, mu_b: float
     :math:`\sigma_w^2/N`; ``weight_ih`` Gaussian with variance :math:`\sigma_v^2/N_{in}`. PyTorch's two biases add up
     to :math:`b`: ``bias_ih`` :math:`\sim\mathcal N(\mu_b, \sigma_b^2)` and ``bias_hh`` :math:`= 0`.
 
-    Returns layer 0's dict (keys of :func:`~mftrnn.critical.vanilla_critical`: ``sigma_w, sigma_v, sigma_b, mu_b,
+    Returns layer 0's dict (keys of :func:`~mftrnn.theory.critical.vanilla_critical`: ``sigma_w, sigma_v, sigma_b, mu_b,
     R, q_star, Q_star, chi, xi, chi_q, multistable``) plus ``orthogonal``, ``num_layers`` and ``layers`` (one such
     dict per layer). Raises :class:`~mftrnn.MftrnnError` for unsupported modules (LSTM, GRU, ReLU RNNs, ...),
     :class:`~mftrnn.DomainError` for infeasible or inconsistent hyperparameters (e.g. a bias mean without biases).
@@ -213,11 +213,11 @@ def critical_minimal_init_(module, *, T=None, k: float = 1.0, sigma_w=None, orth
                            generator: torch.Generator | None = None, **kwargs) -> dict:
     r"""Initialise a minimalRNN in place for a timescale :math:`\xi = kT`; return the chosen hyperparameters.
 
-    Supports :class:`mftrnn.nn.MinimalRNNCell` and single-layer :class:`mftrnn.layers.MinimalRNN` (with or without
+    Supports :class:`mftrnn.nets.nn.MinimalRNNCell` and single-layer :class:`mftrnn.nets.layers.MinimalRNN` (with or without
     embedding). Stacked layers are refused: their inputs, the slow states of the layer below, break the mean
     field's assumption of inputs independent in time (module docstring; measured deviations in the error message).
 
-    Either ``T`` (task length): :func:`mftrnn.critical.minimal_for_timescale` ``(T, k=k, sigma_w=sigma_w, ...)``
+    Either ``T`` (task length): :func:`mftrnn.theory.critical.minimal_for_timescale` ``(T, k=k, sigma_w=sigma_w, ...)``
     chooses :math:`\mu_b` (and :math:`\sigma_w` when ``None``; further keyword arguments such as ``sigma_w_grid``,
     ``max_spread`` are passed on). Or explicit ``sigma_w`` and ``mu_b`` (then the fixed point is reported).
 
@@ -225,13 +225,13 @@ def critical_minimal_init_(module, *, T=None, k: float = 1.0, sigma_w=None, orth
     (``embed=True``) gets :math:`\phi_b = 0` and :math:`\Phi` with :math:`|\Phi x|^2/N = |x|^2/N_{in}`, so that
     :math:`z` has second moment :math:`R` too: ``embedding="orthogonal"`` (default; semi-orthogonal times
     :math:`\sqrt{\max(N/N_{in},1)}`) or ``"gaussian"`` (:math:`\Phi_{ij}\sim\mathcal N(0, 1/N_{in})`, as
-    :func:`mftrnn.layers.init_minimal_rnn_`). Measured at :math:`T = 20`, :math:`N = 1000` (8 networks), tied
+    :func:`mftrnn.nets.layers.init_minimal_rnn_`). Measured at :math:`T = 20`, :math:`N = 1000` (8 networks), tied
     weights: the stationary :math:`Q` exceeds :math:`Q^*` by 1.3 ± 0.5% without embedding, 1.6 ± 0.7% with the
     orthogonal and 5.6 ± 0.8% with the Gaussian embedding (whose :math:`\Phi\Phi^\top` correlates the units'
     inputs); untied weights give +0.2 ± 0.8%. The timescale :math:`\xi` agrees to ~1% in all cases.
 
-    Returns the dict of :func:`~mftrnn.critical.minimal_for_timescale` (or of the fixed point in the explicit case)
-    plus ``orthogonal``, ``embedding`` (None without one) and ``num_layers``. For :class:`~mftrnn.layers.MinimalRNN`
+    Returns the dict of :func:`~mftrnn.theory.critical.minimal_for_timescale` (or of the fixed point in the explicit case)
+    plus ``orthogonal``, ``embedding`` (None without one) and ``num_layers``. For :class:`~mftrnn.nets.layers.MinimalRNN`
     it is also stored as ``module.hyperparameters``.
     """
     layers, rnn = _minimal_layers(module)
@@ -270,7 +270,7 @@ def module_chi(module, x: torch.Tensor, h0: torch.Tensor, *, layer: int = -1, ep
     r""":math:`\chi` of a recurrent module measured from its definition, one value per input sequence.
 
     ``module(x, h0) -> (output, h_n)`` with ``x`` of shape ``(T, B, N_in)`` and ``h0`` ``(num_layers, B, N)`` (as
-    :class:`torch.nn.RNN` and :class:`mftrnn.layers.MinimalRNN`); ``output`` holds the top layer's states. Two
+    :class:`torch.nn.RNN` and :class:`mftrnn.nets.layers.MinimalRNN`); ``output`` holds the top layer's states. Two
     copies start from ``h0`` and from ``h0`` with the state of ``layer`` (default the top one) moved by a random
     :math:`\delta`, :math:`|\delta| = \varepsilon |h|`, and receive the same inputs; while it is small,
     :math:`D_t = |h^a_t - h^b_t|^2/(2N)` changes by :math:`\chi` per step, so :math:`\chi = \exp` of the slope of

@@ -1,7 +1,7 @@
 r"""Lambdify expressions containing Gaussian expectations into vectorised NumPy functions.
 
-:class:`Compiled` takes SymPy expressions whose leaves are ordinary symbols and :class:`~mftrnn._gaussian.E` /
-:class:`~mftrnn._gaussian.E2` nodes. The nodes are evaluated by quadrature (:mod:`mftrnn._quadrature`), in
+:class:`Compiled` takes SymPy expressions whose leaves are ordinary symbols and :class:`~mftrnn.theory.gaussian.E` /
+:class:`~mftrnn.theory.gaussian.E2` nodes. The nodes are evaluated by quadrature (:mod:`mftrnn.theory.quadrature`), in
 stages when the moments of one expectation contain another (e.g. a gate inside a recurrent input). Nodes that
 share their Gaussian (same mean and variance expressions) are grouped, so that their integrands are evaluated on
 one set of nodes with common sub-expressions computed once; the algebra around them is an ordinary
@@ -13,8 +13,8 @@ import numpy as np
 import sympy as sp
 from scipy.special import expit
 
-from ._gaussian import E, E2, EPS, EPS_A, EPS_B, STRIP_HALF_WIDTH, sigmoid
-from ._quadrature import expect2_numeric, expect_numeric
+from .gaussian import E, E2, EPS, EPS_A, EPS_B, STRIP_HALF_WIDTH, sigmoid
+from .quadrature import expect2_numeric, expect_numeric
 
 __all__ = ["Compiled", "NUMPY_MODULES", "strip_half_width"]
 

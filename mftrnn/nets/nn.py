@@ -29,7 +29,7 @@ shape ``(N,)``).  :func:`init_` draws them as in the mean-field theory:
 
 The update rules themselves live in the pure functions
 :func:`vanilla_update` and :func:`minimal_update`, which are shared with the
-batched simulator :mod:`mftrnn.simulate`, so that the cells and the simulator
+batched simulator :mod:`mftrnn.nets.simulate`, so that the cells and the simulator
 cannot drift apart.
 """
 

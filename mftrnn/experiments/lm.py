@@ -16,9 +16,9 @@ Dropout (probability ``dropout``) acts on the embedding output, between layers a
 
 Cells (``cell``):
 
-* ``"minimal"`` -- :class:`mftrnn.layers.MinimalRNN` with the library's conventions: every layer embeds its
+* ``"minimal"`` -- :class:`mftrnn.nets.layers.MinimalRNN` with the library's conventions: every layer embeds its
   input, :math:`z_t = \Phi x_t + \phi_b`, then :math:`u_t = \sigma(W h_{t-1} + V z_t + b)`,
-  :math:`h_t = u_t \odot h_{t-1} + (1-u_t) \odot z_t`, initialised by :func:`mftrnn.layers.init_minimal_rnn_`
+  :math:`h_t = u_t \odot h_{t-1} + (1-u_t) \odot z_t`, initialised by :func:`mftrnn.nets.layers.init_minimal_rnn_`
   (:math:`W_{ij}\sim\mathcal N(0,\sigma_w^2/N)`, :math:`V_{ij}\sim\mathcal N(0,\sigma_v^2/N)`,
   :math:`b_i\sim\mathcal N(\mu_b,\sigma_b^2)`, :math:`\Phi_{ij}\sim\mathcal N(0,\sigma_\phi^2/N_{in})`) with
   the hyperparameters of :class:`MinimalInit`;
@@ -36,7 +36,7 @@ over the :math:`T` steps (and average over the batch).  Their learning rate :mat
 halved every epoch after the 4th; ``medium``: :math:`2\times650`, dropout 0.5, :math:`T=35`, 39 epochs,
 divided by 1.2 after the 6th; ``large``: :math:`2\times1500`, dropout 0.65, 55 epochs, divided by 1.15 after
 the 14th, :math:`c=10`).  ``tiny`` (:math:`1\times 64`, 2,000-word vocabulary) runs on the WikiText-2 excerpt
-shipped in ``book/data/wikitext-2-excerpt`` in seconds, for tests and the book.
+shipped in ``mftrnn/experiments/corpora/wikitext-2-excerpt`` in seconds, for tests and the book.
 
 Learning-rate schedules (``schedule``): ``"step"`` (Zaremba et al.: epoch :math:`i = 0, 1, \dots` uses
 ``lr / lr_decay ** max(0, i + 1 - decay_start)``) and ``"plateau"`` (divide the rate by ``lr_decay`` after
@@ -54,8 +54,7 @@ checkpoint is kept.  The result file (JSON) holds the configuration, parameter c
 train/valid perplexity, the test perplexity and the provenance (command line, git commit and dirty flag,
 device, torch version, UTC dates, wall time).
 
-Command line: ``mftrnn lm CELL --preset small --corpus ptb --out result.json`` (see ``mftrnn lm --help``) or
-``python -m mftrnn.lm ...``.
+Command line: ``mftrnn lm CELL --preset small --corpus ptb --out result.json`` (see ``mftrnn lm --help``).
 """
 
 from __future__ import annotations
@@ -67,7 +66,6 @@ import json
 import math
 import os
 import shlex
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,10 +75,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ._errors import ConvergenceError, DataError, MftrnnError
-from .experiments.harness import load_checkpoint, provenance, save_checkpoint, utc_now, write_json_atomic
+from ..errors import ConvergenceError, DataError, MftrnnError
+from .harness import load_checkpoint, provenance, save_checkpoint, utc_now, write_json_atomic
 from .data import SPLITS, Corpus, batchify, bptt_batches, build_vocab, load_corpus, tokenize
-from .layers import MinimalRNN, init_minimal_rnn_
+from ..nets.layers import MinimalRNN, init_minimal_rnn_
 
 __all__ = [
     "CELLS",
@@ -108,14 +106,13 @@ __all__ = [
     "provenance",
     "add_arguments",
     "run_cli",
-    "main",
 ]
 
 CELLS = ("minimal", "lstm", "gru", "vanilla")
 """Recurrent cells: the minimalRNN, PyTorch's LSTM and GRU, and the vanilla tanh RNN."""
 
 CORPORA = ("ptb", "wikitext-2", "wikitext-2-excerpt")
-"""Corpora: Penn Treebank and WikiText-2 (from the data folder, :func:`mftrnn.data.load_corpus`) and the
+"""Corpora: Penn Treebank and WikiText-2 (from the data folder, :func:`mftrnn.experiments.data.load_corpus`) and the
 WikiText-2 excerpt shipped with the repository (:func:`load_excerpt`)."""
 
 SCHEDULES = ("step", "plateau")
@@ -124,8 +121,8 @@ SCHEDULES = ("step", "plateau")
 UNK = "<unk>"
 """Token that replaces out-of-vocabulary words (WikiText-2 and PTB already use it for rare words)."""
 
-EXCERPT_DIR = Path(__file__).resolve().parent.parent / "book" / "data" / "wikitext-2-excerpt"
-"""Folder of the shipped WikiText-2 excerpt (``{train,valid,test}.txt``)."""
+EXCERPT_DIR = Path(__file__).resolve().parent / "corpora" / "wikitext-2-excerpt"
+"""Folder of the WikiText-2 excerpt shipped inside the package (``{train,valid,test}.txt``; package data)."""
 
 EXCERPT_SHA256: dict[str, str] = {
     "train.txt": "32bb5cfc8e8bc227811cfc82f5cf33185a2da2a6dec410e5acc78eb15675f406",
@@ -144,12 +141,12 @@ CHECKPOINT_FORMAT = "mftrnn-lm-checkpoint/1"
 
 @dataclass(frozen=True)
 class MinimalInit:
-    r"""Mean-field initialisation of the minimalRNN layers (:func:`mftrnn.layers.init_minimal_rnn_`).
+    r"""Mean-field initialisation of the minimalRNN layers (:func:`mftrnn.nets.layers.init_minimal_rnn_`).
 
     :math:`W_{ij}\sim\mathcal N(0,\sigma_w^2/N)` (or :math:`\sigma_w O` if ``orthogonal``),
     :math:`V_{ij}\sim\mathcal N(0,\sigma_v^2/N)`, :math:`b_i\sim\mathcal N(\mu_b,\sigma_b^2)`,
     :math:`\Phi_{ij}\sim\mathcal N(0,\sigma_\phi^2/N_{in})`, :math:`(\phi_b)_i\sim\mathcal N(0,\sigma_{\phi b}^2)`.
-    Defaults are the library's (:func:`mftrnn.layers.init_minimal_rnn_`) except :math:`\sigma_\phi = 5`: the word
+    Defaults are the library's (:func:`mftrnn.nets.layers.init_minimal_rnn_`) except :math:`\sigma_\phi = 5`: the word
     embedding is drawn uniformly in :math:`[-a, a]` (second moment :math:`a^2/3`), so the first layer sees
     inputs of second moment :math:`R = \sigma_\phi^2 a^2/3` (0.083 for :math:`a = 0.1`; 0.0033 with
     :math:`\sigma_\phi = 1`, too small a signal for SGD to start from in our pilot runs).
@@ -313,10 +310,10 @@ def _encode_with_unk(tokens: list[str], stoi: dict[str, int]) -> torch.Tensor:
 
 
 def load_excerpt(data_dir: str | os.PathLike | None = None) -> Corpus:
-    """The WikiText-2 excerpt shipped in ``book/data/wikitext-2-excerpt`` (or ``data_dir``), verified.
+    """The WikiText-2 excerpt shipped in ``mftrnn/experiments/corpora/wikitext-2-excerpt`` (or ``data_dir``), verified.
 
     The files' sha256 must equal :data:`EXCERPT_SHA256` (else :class:`mftrnn.DataError`).  Tokens are
-    ``line.split() + ['<eos>']`` as in :func:`mftrnn.data.tokenize`; the vocabulary is that of the excerpt's
+    ``line.split() + ['<eos>']`` as in :func:`mftrnn.experiments.data.tokenize`; the vocabulary is that of the excerpt's
     training split (order of first occurrence, with :data:`UNK` guaranteed), and words of the validation and
     test excerpts outside it become :data:`UNK` (the excerpt's training split is a small part of the full one).
     """
@@ -377,7 +374,7 @@ def load_lm_corpus(name: str, data_dir: str | os.PathLike | None = None, max_voc
                    download: bool = False) -> Corpus:
     """Load corpus ``name`` (one of :data:`CORPORA`) and, if ``max_vocab`` is given, :func:`restrict_vocab`.
 
-    ``ptb`` and ``wikitext-2`` come from :func:`mftrnn.data.load_corpus` (``data_dir`` is the folder holding
+    ``ptb`` and ``wikitext-2`` come from :func:`mftrnn.experiments.data.load_corpus` (``data_dir`` is the folder holding
     ``ptb/`` and ``wikitext-2/``); ``wikitext-2-excerpt`` from :func:`load_excerpt` (``data_dir`` is the
     excerpt folder itself).
     """
@@ -456,7 +453,7 @@ class LanguageModel(nn.Module):
 
     def init_weights(self, init_range: float, minimal: MinimalInit | None = None) -> None:
         """Uniform :math:`[-a, a]` for embedding, decoder and (except the minimalRNN) the recurrent layers;
-        the minimalRNN layers by :func:`mftrnn.layers.init_minimal_rnn_` with ``minimal``'s hyperparameters."""
+        the minimalRNN layers by :func:`mftrnn.nets.layers.init_minimal_rnn_` with ``minimal``'s hyperparameters."""
         a = float(init_range)
         with torch.no_grad():
             self.encoder.weight.uniform_(-a, a)
@@ -995,7 +992,7 @@ _MINIMAL = ("sigma_w", "sigma_v", "sigma_b", "mu_b", "sigma_phi", "sigma_phib")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add the ``lm`` options to ``p`` (used by ``mftrnn lm`` and ``python -m mftrnn.lm``)."""
+    """Add the ``lm`` options to ``p`` (used by ``mftrnn lm``)."""
     p.add_argument("cell", metavar="CELL", help=f"recurrent cell: {', '.join(CELLS)}")
     p.add_argument("--preset", default="small", help=f"starting configuration: {', '.join(PRESETS)} "
                                                      "(default small)")
@@ -1085,13 +1082,3 @@ def run_cli(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
           keep_checkpoint=args.keep_checkpoint, overwrite=args.overwrite,
           log=lambda s: print(s, flush=True))
     return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m mftrnn.lm``: the same as ``mftrnn lm``."""
-    from .cli import main as cli_main
-    return cli_main(["lm", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -1,6 +1,6 @@
 """Speed of the gated cells' mean field: an LSTM phase diagram over (sigma_w, mu_b_f) against a naive baseline.
 
-Run ``python -m mftrnn.bench_gated [--grid 128] [--sample 24] [--baseline 3]``. It prints, in one process:
+Run ``python -m mftrnn.experiments.bench_gated [--grid 128] [--sample 24] [--baseline 3]``. It prints, in one process:
 
 * the engine's time per point on ``--sample`` points spread over the ``grid x grid`` diagram
   (sigma_w in [0.1, 3], mu_b_f in [-2, 5]), and that time extrapolated to the whole grid (the engine is a loop
@@ -24,7 +24,7 @@ import time
 import numpy as np
 from scipy.special import expit
 
-from ._fixed_point import fixed_point
+from ..theory.fixed_point import fixed_point
 
 __all__ = ["population_lstm", "main"]
 

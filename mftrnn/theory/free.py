@@ -92,7 +92,7 @@ Discrete laws. A :class:`DiagonalLaw` or :class:`DeformedStep` with atoms is the
 coefficients take exactly those values. Where nothing broadens the atoms (a single :class:`DiagonalLaw` times point
 masses) the density is a sum of spikes; ``eta`` (the relative imaginary part at which the density is evaluated,
 a Cauchy smoothing of relative width ``eta``) can then be raised to show a smoothed version
-(:mod:`mftrnn.spectrum` uses the histogram of the atoms instead).
+(:mod:`mftrnn.theory.spectrum` uses the histogram of the atoms instead).
 
 Limitation: a single :class:`DeformedStep` (no further factors) far below the lower edge of a spectrum with a gap
 at 0 loses precision once :math:`|z|\,a^2 \gtrsim 10^{10}` (the :math:`O(1)` terms of :math:`D_i` fall below
@@ -107,7 +107,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ._errors import ConvergenceError, DomainError
+from ..errors import ConvergenceError, DomainError
 
 __all__ = ["Factor", "MarchenkoPastur", "PointMass", "DiagonalLaw", "DeformedStep", "FreeProduct",
            "s_transform", "solve_w", "cauchy_transform", "density", "fuss_catalan_moments"]

@@ -23,7 +23,7 @@ With these, second moments close:
 :math:`Q_t = \sum_{v,w\in\{1,h,x\}}\mathbb E[c_v c_w]\,\mathbb E[v w]`, with :math:`\mathbb E[h^2]=Q`,
 :math:`\mathbb E[x^2]=R`, :math:`\mathbb E[h]=M` (the state mean, which has its own affine map), and similarly
 :math:`C_t` with :math:`\mathbb E[h^ah^b]=C`, :math:`\mathbb E[x^ax^b]=R\Sigma`. Slopes are exact derivatives of
-these maps, taken by SymPy through Price's theorem (:mod:`mftrnn._gaussian`).
+these maps, taken by SymPy through Price's theorem (:mod:`mftrnn.theory.gaussian`).
 """
 from __future__ import annotations
 
@@ -33,9 +33,9 @@ from dataclasses import dataclass
 
 import sympy as sp
 
-from ._cells import Cell, Sigma, R, get_cell
-from ._errors import MftrnnError
-from ._gaussian import E, E2, EPS, EPS_A, EPS_B
+from ..cells.registry import Cell, Sigma, R, get_cell
+from ..errors import MftrnnError
+from .gaussian import E, E2, EPS, EPS_A, EPS_B
 
 __all__ = ["MeanField", "mean_field", "Q", "Q_a", "Q_b", "C", "M", "M_a", "M_b"]
 

@@ -26,7 +26,7 @@ Initial states are Gaussian with :math:`|h^a_0|^2/N \approx Q_0`,
 what is recorded at :math:`t=0`).
 
 Weights.  ``tied=True`` is a real RNN: one :math:`(W, V, b)` per network,
-used at every step (see :func:`mftrnn.nn.init_` for the distribution).
+used at every step (see :func:`mftrnn.nets.nn.init_` for the distribution).
 ``tied=False`` draws a fresh, independent :math:`(W, V, b)` at every step
 (shared by the two sequences at that step) -- the independence assumption
 under which the mean-field maps are exact as :math:`N\to\infty`.  For
@@ -55,11 +55,13 @@ import numpy as np
 import sympy as sp
 import torch
 
-from ._cells import Cell, get_cell
-from .nets.gated import TORCH_FUNCTIONS
+from ..cells.registry import Cell, get_cell
+from ..errors import MftrnnError
+from ..theory.jacobian import step_jacobian
+from .gated import TORCH_FUNCTIONS
 from .nn import check_hyperparameters, haar_orthogonal
 
-__all__ = ["simulate", "SimulationResult", "measure_chi", "ChiEstimate"]
+__all__ = ["simulate", "SimulationResult", "measure_chi", "ChiEstimate", "torch_coefficients"]
 
 
 # --------------------------------------------------------------------------- helpers
@@ -295,7 +297,7 @@ def simulate(cell, N=1000, T=50, sigma_w=1.0, sigma_v=1.0, sigma_b=0.0, mu_b=0.0
     ----------
     cell : "vanilla" or "minimal" (or an object with that ``name``).
     N, T : width (>= 1) and number of steps (>= 0).
-    sigma_w, sigma_v, sigma_b, mu_b : weight/bias hyperparameters (see :func:`mftrnn.nn.init_`).
+    sigma_w, sigma_v, sigma_b, mu_b : weight/bias hyperparameters (see :func:`mftrnn.nets.nn.init_`).
     R : per-component input second moment (>= 0).
     Sigma : input overlap, :math:`x^a\cdot x^b/N_{in} = R\Sigma`, in [-1, 1].
     Q0, C0 : initial :math:`|h^a_0|^2/N` and :math:`h^a_0\cdot h^b_0/N`
@@ -484,14 +486,39 @@ def measure_chi(cell, kind="chi", N=1000, T=60, sigma_w=1.0, sigma_v=1.0, sigma_
 
 
 # --------------------------------------------------------------------------- Jacobian spectra
+def torch_coefficients(cell):
+    r"""The Jacobian coefficients as a PyTorch function ``(e, h, x) -> (a, b)`` (single pre-activation).
+
+    Lambdified from :func:`mftrnn.step_jacobian`, so the simulator's Jacobians come from the same derivation as the
+    theory; the tensors broadcast (``a`` is returned broadcast to the shape of ``e``).
+    """
+    return _torch_coefficients(get_cell(cell, gated=False))
+
+
+@functools.lru_cache(maxsize=None)
+def _torch_coefficients(cell: Cell):
+    jac = step_jacobian(cell)
+    if len(jac.b) != 1:
+        raise MftrnnError(f"torch_coefficients supports cells with one pre-activation; {jac.cell.name!r} has "
+                          f"{len(jac.b)}")
+    c = jac.cell
+    fn = sp.lambdify([c.preactivations[0].symbol, c.state, c.input], [jac.a, jac.b[0]], modules=[TORCH_FUNCTIONS])
+
+    def coefficients(e, h, x):
+        a, b = fn(e, h, x)
+        return (torch.broadcast_to(torch.as_tensor(a, dtype=e.dtype, device=e.device), e.shape),
+                torch.broadcast_to(torch.as_tensor(b, dtype=e.dtype, device=e.device), e.shape))
+
+    return coefficients
+
+
 def step_jacobian_matrix(module, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     r"""The state-to-state Jacobian :math:`J=\partial h_t/\partial h_{t-1}` of one step of a PyTorch cell.
 
-    ``module``: a :class:`mftrnn.nn.VanillaRNNCell` or :class:`mftrnn.nn.MinimalRNNCell`; ``x, h``: the input and
+    ``module``: a :class:`mftrnn.nets.nn.VanillaRNNCell` or :class:`mftrnn.nets.nn.MinimalRNNCell`; ``x, h``: the input and
     the previous state, vectors. :math:`J=\operatorname{diag}(a)+\operatorname{diag}(b)\,W` with the coefficients
-    :math:`a, b` derived symbolically from the cell's update rule (:func:`mftrnn.jacobian.torch_coefficients`).
+    :math:`a, b` derived symbolically from the cell's update rule (:func:`torch_coefficients`).
     """
-    from .jacobian import torch_coefficients
     from .nn import MinimalRNNCell, VanillaRNNCell
 
     if isinstance(module, MinimalRNNCell):
@@ -537,8 +564,8 @@ def jacobian_spectrum(cell, N=500, T=(1, 2, 5, 10), *, sigma_w=1.0, sigma_v=1.0,
                       dtype=torch.float64) -> JacobianSpectrum:
     r"""Squared singular values of the T-step state-to-state Jacobian of random networks of width ``N``.
 
-    Each network (:class:`mftrnn.nn.VanillaRNNCell` or :class:`mftrnn.nn.MinimalRNNCell`, initialised by
-    :func:`mftrnn.nn.init_`) is driven from :math:`h_0\sim\mathcal N(0, I)` by Gaussian inputs
+    Each network (:class:`mftrnn.nets.nn.VanillaRNNCell` or :class:`mftrnn.nets.nn.MinimalRNNCell`, initialised by
+    :func:`mftrnn.nets.nn.init_`) is driven from :math:`h_0\sim\mathcal N(0, I)` by Gaussian inputs
     :math:`x_t\sim\mathcal N(0, R\,I)` for ``burn_in`` steps (so :math:`|h|^2/N\approx Q^*`), then for
     :math:`\max T` more steps along which the product :math:`J_t\cdots J_1` of the exact per-step Jacobians
     :math:`J_t = \operatorname{diag}(a_t)+\operatorname{diag}(b_t)W_t` (:func:`step_jacobian_matrix`) is formed; its

@@ -1,9 +1,9 @@
 r"""Full spectral density of :math:`JJ^\top` for the :math:`T`-step state-to-state Jacobian of a recurrent cell.
 
 **Model.** One step has the Jacobian :math:`J_t = \operatorname{diag}(a) + \sigma_w\operatorname{diag}(b)\,G`
-(:mod:`mftrnn.jacobian`), with :math:`G` Ginibre (:math:`G_{ij}\sim\mathcal N(0,1/N)`) or Haar orthogonal
+(:mod:`mftrnn.theory.jacobian`), with :math:`G` Ginibre (:math:`G_{ij}\sim\mathcal N(0,1/N)`) or Haar orthogonal
 (``orthogonal=True``) and the coefficients :math:`(a_i, b_i)` distributed by their mean-field law at the fixed point
-(:func:`mftrnn.jacobian.coefficient_law`, a discrete law of atoms). The law of :math:`J_tJ_t^\top` at large
+(:func:`mftrnn.theory.jacobian.coefficient_law`, a discrete law of atoms). The law of :math:`J_tJ_t^\top` at large
 :math:`N` is
 
 * for a cell with :math:`a\equiv0` (vanilla RNN, :math:`b = \tanh'(e)`): the free product of the law of
@@ -11,7 +11,7 @@ r"""Full spectral density of :math:`JJ^\top` for the :math:`T`-step state-to-sta
   (orthogonal): :math:`S_{\rm step} = S_{b^2}\,S_{WW^\top}` (:math:`J_tJ_t^\top = BWW^\top B` has the spectrum of
   :math:`B^2\,WW^\top`, and :math:`W` is free from the diagonal :math:`B`);
 * otherwise (minimalRNN, :math:`a = u`, :math:`b = u(1-u)(h_{t-1}-z_t)`): the deformed law of
-  :class:`mftrnn.free.DeformedStep` (Hermitisation and operator-valued subordination; Gaussian and Haar :math:`G`).
+  :class:`mftrnn.theory.free.DeformedStep` (Hermitisation and operator-valued subordination; Gaussian and Haar :math:`G`).
 
 The :math:`T`-step product :math:`J = J_T\cdots J_1` is then given by :math:`S_T = S_{\rm step}^T`. **This is an
 approximation**: it treats the factors :math:`J_tJ_t^\top` as asymptotically free with one law. For the vanilla RNN
@@ -22,7 +22,7 @@ approximation even for untied weights: the diagonal parts :math:`\operatorname{d
 (they are classically, not freely, independent), and a unit's gate is correlated across steps. The per-step law
 itself is exact for the discrete coefficient law given.
 
-**Numerics.** :func:`mftrnn.free.density` inverts :math:`x\,w\,S_T(w) = 1+w` by continuation in the imaginary part.
+**Numerics.** :func:`mftrnn.theory.free.density` inverts :math:`x\,w\,S_T(w) = 1+w` by continuation in the imaginary part.
 Products of many steps span many decades (with Gaussian :math:`W` the density diverges at 0 like
 :math:`x^{-T/(T+1)}`, so the mass below :math:`x` decays only like :math:`x^{1/(T+1)}`); :meth:`SpectralLaw.support`
 finds the upper edge (a hard edge, located by bisection) and the lower end (a hard edge, or the point below which
@@ -31,7 +31,7 @@ density of :math:`\ln\lambda`, :math:`x\rho(x)`, the natural quantity to plot on
 :meth:`SpectralLaw.cdf` integrates the density and :func:`kolmogorov_distance` compares it with samples.
 
 **Discrete coefficient laws.** With Gaussian :math:`G` the Marchenko-Pastur factor (or the Gaussian term of the
-deformed step) broadens the atoms of :func:`~mftrnn.jacobian.coefficient_law` into a smooth density. With Haar
+deformed step) broadens the atoms of :func:`~mftrnn.theory.jacobian.coefficient_law` into a smooth density. With Haar
 :math:`G` the broadening is weak: for :math:`a\equiv0` there is none, and one step is the law of :math:`\sigma_w^2b^2`
 itself. Hence, for orthogonal :math:`W`: cells with :math:`a\equiv0` and :math:`b = b(e)` use ``_FINE_ATOMS`` = 2000
 equal-weight quantile atoms of :math:`e` (:func:`_fine_diagonal_law`; its mean reproduces :math:`\chi` to 5e-7 in the
@@ -60,8 +60,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import sympy as sp
 
-from ._errors import ConvergenceError, DomainError
-from ._fixed_point import DEFAULTS, FixedPoint, fixed_point, unpack_fixed_point
+from ..errors import ConvergenceError, DomainError
+from .fixed_point import DEFAULTS, FixedPoint, fixed_point, unpack_fixed_point
 from .free import DeformedStep, DiagonalLaw, FreeProduct, MarchenkoPastur, PointMass, density as _density
 
 __all__ = ["SpectralLaw", "spectral_law", "step_law", "spectral_density", "spectral_grid", "kolmogorov_distance"]
@@ -88,7 +88,7 @@ def _fine_diagonal_law(cell, hp: dict, fp=None, K: int = _FINE_ATOMS):
     :math:`O(K^{-1})` relative (the truncated Gaussian tails and the midpoint rule), which the tests bound."""
     from scipy.special import ndtri
 
-    from ._cells import get_cell
+    from ..cells.registry import get_cell
     from .jacobian import step_jacobian
 
     cell = get_cell(cell, gated=False)
@@ -109,15 +109,15 @@ def _fine_diagonal_law(cell, hp: dict, fp=None, K: int = _FINE_ATOMS):
 
 
 def step_law(cell, *, orthogonal: bool = False, **hyperparameters) -> FreeProduct:
-    r"""The law of :math:`J_tJ_t^\top` for one step, as a :class:`~mftrnn.free.FreeProduct` (module docstring).
+    r"""The law of :math:`J_tJ_t^\top` for one step, as a :class:`~mftrnn.theory.free.FreeProduct` (module docstring).
 
     ``cell`` is a name or a :class:`~mftrnn.Cell` with hyperparameters as for :func:`mftrnn.fixed_point` (scalars), or
     a computed :class:`~mftrnn.FixedPoint` (the fixed point is then not solved again; it is solved once otherwise).
-    Coefficients from :func:`~mftrnn.jacobian.coefficient_law` (with ``n_state=16`` atoms of the carried variable for
+    Coefficients from :func:`~mftrnn.theory.jacobian.coefficient_law` (with ``n_state=16`` atoms of the carried variable for
     orthogonal :math:`W`, which broadens the atoms of :math:`b` only weakly), except for :math:`a\equiv0` with
     orthogonal :math:`W`, where nothing broadens them and the law of :math:`b^2` is taken on
     ``_FINE_ATOMS`` equal-weight quantile atoms (:func:`_fine_diagonal_law`)."""
-    from ._cells import get_cell
+    from ..cells.registry import get_cell
     from .jacobian import coefficient_law
 
     cell, hyperparameters, fp = unpack_fixed_point(cell, hyperparameters)
@@ -138,7 +138,7 @@ def step_law(cell, *, orthogonal: bool = False, **hyperparameters) -> FreeProduc
 class SpectralLaw:
     r"""Large-N law of the eigenvalues of :math:`JJ^\top`, :math:`J = J_T\cdots J_1`, under the free approximation.
 
-    ``product``: the :class:`~mftrnn.free.FreeProduct` :math:`S_{\rm step}^T`. ``mean`` :math:`=m_1^T=\chi^T`,
+    ``product``: the :class:`~mftrnn.theory.free.FreeProduct` :math:`S_{\rm step}^T`. ``mean`` :math:`=m_1^T=\chi^T`,
     ``relative_variance`` :math:`=T\,r` (``r`` of one step). ``atoms``: for a purely atomic law (one step of a cell
     with :math:`a\equiv0` and orthogonal :math:`W`: the law of :math:`\sigma_w^2b^2` itself) the pair (values,
     weights); the density is then the histogram of the atoms on bins between the midpoints of consecutive atoms and

@@ -4,7 +4,7 @@ Examples::
 
     mftrnn fixed-point minimal --sigma-w 2 --mu-b 1 --json
     mftrnn phase-diagram minimal --x sigma_w:0.05:3:200 --y mu_b:-4:6:200 --out minimal.png
-    mftrnn spectrum minimal --sigma-w 2 --mu-b 4 --T 10 --json   # T-step Jacobian spectrum (mftrnn.jacobian)
+    mftrnn spectrum minimal --sigma-w 2 --mu-b 4 --T 10 --json   # T-step Jacobian spectrum (mftrnn.theory.jacobian)
 
 Every input error (unknown cell, bad hyperparameter, malformed grid, unwritable output,
 non-converging fixed point) is reported as one line ``mftrnn: error: ...`` on stderr with a
@@ -22,11 +22,11 @@ from typing import Sequence
 
 import numpy as np
 
-from ._io import atomic_write
-from .phase_diagram import compute_grid, plot_phase_diagram
+from .._io import atomic_write
+from ..theory.phase_diagram import compute_grid, plot_phase_diagram
 
-from ._fixed_point import DEFAULTS, NONNEGATIVE  # one source for defaults and domains
-from .cells.gated import GatedCell, hyperparameter_names
+from ..theory.fixed_point import DEFAULTS, NONNEGATIVE  # one source for defaults and domains
+from ..cells.gated import GatedCell, hyperparameter_names
 
 PARAMS = tuple(DEFAULTS)
 KINDS = ("sigma_w", "sigma_v", "sigma_b", "mu_b")
@@ -71,7 +71,7 @@ def _float(text: str) -> float:
 
 def _gate_letters() -> str:
     """Gate letters of the registered gated cells (for the per-gate options)."""
-    from ._cells import _REGISTRY
+    from ..cells.registry import _REGISTRY
     letters = ""
     for cell in _REGISTRY.values():
         if isinstance(cell, GatedCell):
@@ -168,7 +168,7 @@ def _gate_params(args: argparse.Namespace, cell: str, exclude: Sequence[str] = (
     given = {n: float(getattr(args, n)) for n in names if getattr(args, n, None) is not None and n not in exclude}
     for name, value in given.items():
         _check_value(name, value)
-    from .cells.gated import gate_hyperparameters
+    from ..cells.gated import gate_hyperparameters
     gate_hyperparameters(mftrnn.get_cell(cell), given)  # one-line DomainError for another cell's gate letter
     return given
 
@@ -446,7 +446,7 @@ def cmd_digits(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
 
     import torch
 
-    from . import seqdigits as sd
+    from ..experiments import seqdigits as sd
 
     if args.threads < 1:
         raise CliError(f"--threads must be >= 1, got {args.threads}")
@@ -517,7 +517,7 @@ _CRITICAL_NOTES = {
 
 
 def _add_critical_parser(sub) -> None:
-    """``mftrnn critical``: critical initialisation hyperparameters (mftrnn.critical)."""
+    """``mftrnn critical``: critical initialisation hyperparameters (mftrnn.theory.critical)."""
     cr = sub.add_parser(
         "critical", help="hyperparameters on chi = 1 (vanilla: target q*) or with xi = k T (minimal)",
         description="Critical initialisation. vanilla: --q-star X gives sigma_w, sigma_v on the line chi = 1 with "
@@ -567,7 +567,7 @@ def _refuse(cell: str, given: dict, allowed: Sequence[str], why: str) -> None:
 
 
 def cmd_critical(args: argparse.Namespace) -> int:
-    from . import critical
+    from ..theory import critical
 
     cell = _check_cell(args.cell)
     given = _critical_values(args)
@@ -668,9 +668,9 @@ def _parse_T(text: str) -> int:
 
 def _save_spectrum_png(path: str, cell: str, T: int, orthogonal: bool, params: dict, result: dict) -> None:
     try:
-        from .spectrum import spectral_density
+        from ..theory.spectrum import spectral_density
     except ImportError:
-        raise CliError("--out needs the spectral density (mftrnn.spectrum.spectral_density), "
+        raise CliError("--out needs the spectral density (mftrnn.theory.spectrum.spectral_density), "
                        "which this installation does not provide; use --json for the moments") from None
     import matplotlib
     matplotlib.use("Agg", force=True)
@@ -739,13 +739,13 @@ def cmd_spectrum(args: argparse.Namespace) -> int:
 # -------------------------------------------------------------------------------------------- lm
 
 def _add_lm_parser(sub, full: bool) -> None:
-    """``mftrnn lm``: word-level language model (mftrnn.lm); its options (and torch) load only when used."""
+    """``mftrnn lm``: word-level language model (mftrnn.experiments.lm); its options (and torch) load only when used."""
     lm = sub.add_parser("lm", help="word-level language model: minimalRNN vs LSTM vs GRU (PTB, WikiText-2)",
                         description="Train an embedding -> RNN -> decoder language model with truncated BPTT "
                                     "(presets tiny, small, medium, large); resumes from its checkpoint, skips a "
                                     "finished run, writes a JSON result with provenance.")
     if full:
-        from .lm import add_arguments
+        from ..experiments.lm import add_arguments
         add_arguments(lm)
 
 
@@ -770,7 +770,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "digits":
             return cmd_digits(args, sys.argv[1:] if argv is None else list(argv))
         if args.command == "lm":
-            from .lm import run_cli
+            from ..experiments.lm import run_cli
             return run_cli(args, argv_list)
         if args.command == "critical":
             return cmd_critical(args)

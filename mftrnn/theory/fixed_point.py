@@ -27,12 +27,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ._cells import Sigma, get_cell
-from .cells.gated import GatedCell
-from ._errors import ConvergenceError, DomainError, MftrnnError
-from ._validate import finite_array
-from ._meanfield import C, M, M_a, M_b, Q, Q_a, Q_b, mean_field
-from ._numeric import Compiled
+from ..cells.registry import Sigma, get_cell
+from ..cells.gated import GatedCell
+from ..errors import ConvergenceError, DomainError, MftrnnError
+from .._validate import finite_array
+from .meanfield import C, M, M_a, M_b, Q, Q_a, Q_b, mean_field
+from .numeric import Compiled
 
 __all__ = ["FixedPoint", "fixed_point", "iterate_maps", "timescale", "DEFAULTS", "unpack_fixed_point"]
 
@@ -387,7 +387,7 @@ def fixed_point(cell, *, correlations: bool = False, **hyperparameters) -> Fixed
     if isinstance(cell, GatedCell):
         if correlations:
             raise MftrnnError(f"correlations=True is not available for the gated cell {cell.name!r}")
-        from .theory.gated import gated_fixed_point
+        from .gated import gated_fixed_point
         return gated_fixed_point(cell, **hyperparameters)
     hp = check_hyperparameters(cell, hyperparameters)
     shape = next(iter(hp.values())).shape
