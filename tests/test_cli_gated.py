@@ -16,7 +16,8 @@ def test_fixed_point_lstm_json(capsys):
     for key in ("Q_star", "Qc_star", "chi", "xi"):
         assert got[key] == pytest.approx(float(getattr(ref, key)), rel=1e-12)
     assert got["mu_b_f"] == 2.0 and got["mu_b_i"] == 0.0 and got["sigma_w_o"] == 0.5
-    assert set(got["q_star"]) == {"e_i", "e_f", "e_g", "e_o"}
+    assert set(got["q_stars"]) == {"e_i", "e_f", "e_g", "e_o"}
+    assert got["q_star"] == got["q_stars"]["e_i"]
 
 
 def test_fixed_point_gru_text(capsys):

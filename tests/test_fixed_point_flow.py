@@ -54,3 +54,31 @@ def test_fixed_point_and_hyperparameters_refused():
     fp = mf.fixed_point("vanilla")
     with pytest.raises(mf.DomainError, match="not both"):
         mf.step_moments(fp, sigma_w=2.0)
+
+
+# ------------------------------------------------------------------ one FixedPoint for every cell, every pre-activation
+def test_every_preactivation_variance_reported():
+    """q_stars holds q_k = sigma_w^2 <y_k^2> + sigma_v^2 R + sigma_b^2 for every pre-activation (not only the first)."""
+    import sympy as sp
+    h, z, e1, e2, u = sp.symbols("h z e1 e2 u", real=True)
+    u_expr = mf.sigmoid(e1)
+    cell = mf.Cell("two-fields-test", h, z, (mf.Preactivation(e1), mf.Preactivation(e2, recurrent_input=h / 2)),
+                   u_expr * h + (1 - u_expr) * sp.tanh(e2))
+    fp = mf.fixed_point(cell, sigma_w=1.3, sigma_v=0.7, sigma_b=0.2, R=1.5)
+    base = 0.7**2 * 1.5 + 0.2**2
+    assert set(fp.q_stars) == {"e1", "e2"}
+    np.testing.assert_allclose(fp.q_stars["e1"], 1.3**2 * fp.Q_star + base, rtol=1e-12)
+    np.testing.assert_allclose(fp.q_stars["e2"], 1.3**2 * fp.Q_star / 4 + base, rtol=1e-12)
+    assert fp.q_star == fp.q_stars["e1"]
+    assert fp.to_dict()["q_stars"] == {"e1": float(fp.q_stars["e1"]), "e2": float(fp.q_stars["e2"])}
+
+
+def test_gated_and_single_state_share_one_class():
+    vanilla = mf.fixed_point("vanilla", sigma_w=1.2)
+    lstm = mf.fixed_point("lstm", sigma_w=0.8)
+    assert type(vanilla) is type(lstm) is mf.FixedPoint
+    assert mf.GatedFixedPoint is mf.FixedPoint
+    assert set(lstm.q_stars) == {"e_i", "e_f", "e_g", "e_o"} and lstm.q_star == lstm.q_stars["e_i"]
+    assert lstm.Qc_star is not None and vanilla.Qc_star is None and lstm.chi_q is None
+    d = lstm.to_dict()
+    assert "chi_q" not in d and d["Qc_star"] == float(lstm.Qc_star)

@@ -236,7 +236,7 @@ def test_user_cell_with_shared_field_against_population():
     cifg = GatedCell("cifg-test", "fgo", (c, h), x, (Field(e_f, "f", h), Field(e_g, "g", h), Field(e_o, "o", h)),
                      ((c_t, f * c + (1 - f) * sp.tanh(e_g)), (h_t, mf.sigmoid(e_o) * sp.tanh(c_t))), h_t)
     fp = mf.fixed_point(cifg, sigma_w=1.0, mu_b_f=2.0, mu_b_g=0.3)
-    qf, qg, qo = (float(fp.q_star[s]) for s in (e_f, e_g, e_o))
+    qf, qg, qo = (float(fp.q_stars[str(s)]) for s in (e_f, e_g, e_o))
     rng = np.random.default_rng(3)
     n = 400_000
     cs = np.zeros(n)
@@ -287,7 +287,7 @@ def test_cell_state_mean_far_from_zero():
     kw = dict(sigma_w=0.237, sigma_v=0.775, sigma_b=0.48, mu_b=-2.1, R=1.63, mu_b_f=9.66)
     fp = mf.fixed_point("lstm", **kw)
     assert fp.M_star < -1000
-    q_o = float(fp.q_star[sp.Symbol("e_o", real=True)])
-    q_f = float(fp.q_star[sp.Symbol("e_f", real=True)])
+    q_o = float(fp.q_stars["e_o"])
+    q_f = float(fp.q_stars["e_f"])
     assert fp.Q_star == pytest.approx(_E(lambda u: expit(u) ** 2, -2.1, q_o), rel=1e-9)
     assert fp.chi == pytest.approx(_E(lambda u: expit(u) ** 2, 9.66, q_f), rel=1e-9)

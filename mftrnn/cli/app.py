@@ -259,6 +259,11 @@ def _fmt(v) -> str:
     return str(v)
 
 
+def _print_q_stars(q_stars: dict, width: int) -> None:
+    for name, q in q_stars.items():
+        print(f"  {'q[' + name + ']':<{width}}  {_fmt(q):>16}  variance of the pre-activation {name}")
+
+
 def cmd_fixed_point_gated(args: argparse.Namespace, cell: str) -> int:
     import mftrnn
     params = _gate_params(args, cell)
@@ -276,11 +281,10 @@ def cmd_fixed_point_gated(args: argparse.Namespace, cell: str) -> int:
         print(f"  {name:<{width}}  {_fmt(result[name]):>16}")
     print()
     for key, value in result.items():
-        if key in hp or key in ("cell", "approximation"):
+        if key in hp or key in ("cell", "approximation", "q_star"):  # q_star: the first of the q[...] lines
             continue
-        if key == "q_star":
-            for field, q in value.items():
-                print(f"  {'q[' + field + ']':<{width}}  {_fmt(q):>16}  variance of the field {field}")
+        if key == "q_stars":
+            _print_q_stars(value, width)
             continue
         note = RESULT_DESCRIPTIONS.get(key, "")
         if key == "chi":
@@ -314,7 +318,10 @@ def cmd_fixed_point(args: argparse.Namespace) -> int:
         print(f"  {name:<{width}}  {_fmt(params[name]):>16}  {DESCRIPTIONS[name]}")
     print()
     for key, value in result.items():
-        if key in params or key == "cell":
+        if key in params or key in ("cell", "approximation"):
+            continue
+        if key == "q_stars":
+            _print_q_stars(value, width)
             continue
         note = RESULT_DESCRIPTIONS.get(key, "")
         if value is None and key.startswith("xi"):

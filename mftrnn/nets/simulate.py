@@ -60,6 +60,7 @@ from ..errors import MftrnnError
 from ..theory.jacobian import step_jacobian
 from .gated import TORCH_FUNCTIONS
 from .nn import check_hyperparameters, haar_orthogonal
+from .registry import step_cell_of, step_module, torch_update
 
 __all__ = ["simulate", "SimulationResult", "measure_chi", "ChiEstimate", "torch_coefficients"]
 
@@ -79,14 +80,6 @@ def _cell(cell) -> Cell:
 
 def _cell_name(cell) -> str:
     return _cell(cell).name
-
-
-@functools.lru_cache(maxsize=None)
-def _torch_update(cell: Cell):
-    """The cell's update rule ``h_t(e, h_{t-1}, x_t)`` lambdified to torch: the simulator steps the same
-    description as the theory and :mod:`mftrnn.nets.gated`."""
-    p = cell.preactivations[0]
-    return sp.lambdify((p.symbol, cell.state, cell.input), cell.update, modules=[TORCH_FUNCTIONS, "math"])
 
 
 def _check_int(name: str, value, minimum: int) -> int:
@@ -162,7 +155,7 @@ class _Networks:
     def __init__(self, cell, B, N, N_in, sigma_w, sigma_v, sigma_b, mu_b, tied, orthogonal,
                  gen, dtype, device):
         self.cell, self.B, self.N, self.N_in = cell, B, N, N_in
-        self.update = _torch_update(_cell(cell))
+        self.update = torch_update(_cell(cell))
         self.sigma_w, self.sigma_v, self.sigma_b, self.mu_b = sigma_w, sigma_v, sigma_b, mu_b
         self.tied, self.orthogonal, self.gen = tied, orthogonal, gen
         kw = dict(generator=gen, dtype=dtype, device=device)
@@ -295,7 +288,8 @@ def simulate(cell, N=1000, T=50, sigma_w=1.0, sigma_v=1.0, sigma_b=0.0, mu_b=0.0
 
     Parameters
     ----------
-    cell : "vanilla" or "minimal" (or an object with that ``name``).
+    cell : a registered single-state cell with one pre-activation (``"vanilla"``, ``"minimal"``, or one added
+        with :func:`mftrnn.register_cell`), or an object with that ``name``.
     N, T : width (>= 1) and number of steps (>= 0).
     sigma_w, sigma_v, sigma_b, mu_b : weight/bias hyperparameters (see :func:`mftrnn.nets.nn.init_`).
     R : per-component input second moment (>= 0).
@@ -515,21 +509,19 @@ def _torch_coefficients(cell: Cell):
 def step_jacobian_matrix(module, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     r"""The state-to-state Jacobian :math:`J=\partial h_t/\partial h_{t-1}` of one step of a PyTorch cell.
 
-    ``module``: a :class:`mftrnn.nets.nn.VanillaRNNCell` or :class:`mftrnn.nets.nn.MinimalRNNCell`; ``x, h``: the input and
-    the previous state, vectors. :math:`J=\operatorname{diag}(a)+\operatorname{diag}(b)\,W` with the coefficients
-    :math:`a, b` derived symbolically from the cell's update rule (:func:`torch_coefficients`).
+    ``module``: a one-step module of a single-state cell (:func:`mftrnn.nets.registry.step_module`: the registered
+    :class:`mftrnn.nets.nn.VanillaRNNCell`, :class:`mftrnn.nets.nn.MinimalRNNCell`, or a
+    :class:`mftrnn.nets.registry.SymbolicCell`); ``x, h``: the input and the previous state, vectors.
+    :math:`J=\operatorname{diag}(a)+\operatorname{diag}(b)\,W` with the coefficients :math:`a, b` derived
+    symbolically from the cell's update rule (:func:`torch_coefficients`).
     """
-    from .nn import MinimalRNNCell, VanillaRNNCell
-
-    if isinstance(module, MinimalRNNCell):
-        name = "minimal"
-    elif isinstance(module, VanillaRNNCell):
-        name = "vanilla"
-    else:
-        raise ValueError(f"expected a VanillaRNNCell or MinimalRNNCell, got {type(module).__name__}")
+    try:
+        cell = step_cell_of(module)
+    except MftrnnError as exc:
+        raise ValueError(str(exc)) from None
     with torch.no_grad():
         e = module.preactivation(x, h)
-        a, b = torch_coefficients(name)(e, h, x)
+        a, b = _torch_coefficients(cell)(e, h, x)
         return torch.diag(a) + b[:, None] * module.weight_hh
 
 
@@ -564,7 +556,8 @@ def jacobian_spectrum(cell, N=500, T=(1, 2, 5, 10), *, sigma_w=1.0, sigma_v=1.0,
                       dtype=torch.float64) -> JacobianSpectrum:
     r"""Squared singular values of the T-step state-to-state Jacobian of random networks of width ``N``.
 
-    Each network (:class:`mftrnn.nets.nn.VanillaRNNCell` or :class:`mftrnn.nets.nn.MinimalRNNCell`, initialised by
+    Each network (the cell's one-step module, :func:`mftrnn.nets.registry.step_module`: e.g.
+    :class:`mftrnn.nets.nn.VanillaRNNCell`, :class:`mftrnn.nets.nn.MinimalRNNCell`, initialised by
     :func:`mftrnn.nets.nn.init_`) is driven from :math:`h_0\sim\mathcal N(0, I)` by Gaussian inputs
     :math:`x_t\sim\mathcal N(0, R\,I)` for ``burn_in`` steps (so :math:`|h|^2/N\approx Q^*`), then for
     :math:`\max T` more steps along which the product :math:`J_t\cdots J_1` of the exact per-step Jacobians
@@ -576,7 +569,7 @@ def jacobian_spectrum(cell, N=500, T=(1, 2, 5, 10), *, sigma_w=1.0, sigma_v=1.0,
     the vanilla RNN. ``orthogonal``: :math:`W=\sigma_w O` with :math:`O` Haar orthogonal. Seeds as in
     :func:`simulate` (separate streams for data and weights).
     """
-    from .nn import MinimalRNNCell, VanillaRNNCell, init_
+    from .nn import init_
 
     name = _cell_name(cell)
     N = _check_int("N", N, 1)
@@ -592,7 +585,7 @@ def jacobian_spectrum(cell, N=500, T=(1, 2, 5, 10), *, sigma_w=1.0, sigma_v=1.0,
                   tied=bool(tied), orthogonal=bool(orthogonal), burn_in=burn_in, n_networks=n_networks,
                   seed=int(seed))
     g_data, g_weights = _generators(seed, "cpu")
-    module = VanillaRNNCell(N, N, dtype=dtype) if name == "vanilla" else MinimalRNNCell(N, dtype=dtype)
+    module = step_module(name, N, N, dtype=dtype)
 
     def draw():
         init_(module, sigma_w, sigma_v, sigma_b, mu_b, orthogonal=bool(orthogonal), generator=g_weights)

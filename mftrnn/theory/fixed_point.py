@@ -76,11 +76,11 @@ def check_hyperparameters(cell, values: dict) -> dict:
 def _compiled(cell, what):
     mf = mean_field(cell)
     h = list(cell.hyperparameters)
-    qdef = mf.q_of_Q[mf.q_symbols[cell.preactivations[0].symbol].q]
+    qdefs = [mf.q_of_Q[mf.q_symbols[p.symbol].q] for p in cell.preactivations]
     exprs = {
         "F": ([mf.Q_map], [Q, *h]),
         "Q": ([mf.Q_map, mf.chi_q], [Q, *h]),
-        "final": ([mf.chi, mf.chi_q, qdef, mf.Q_map], [Q, *h]),
+        "final": ([mf.chi, mf.chi_q, mf.Q_map, *qdefs], [Q, *h]),
         "C": ([mf.C_map, mf.chi_c], [C, Q, Sigma, *h]),
         "QM": ([mf.variance_map.subs(mf.q_of_Q), mf.mean_map.subs(mf.q_of_Q)], [Q, M, *h]),
         "Cfull": ([mf.C_map_full], [C, Q_a, Q_b, M_a, M_b, Sigma, *h]),
@@ -241,7 +241,7 @@ def _solve_Q(cell, hp):
 
 def _polish(cell, Qstar, hp, final):
     """Check the residual |Q(Q*) - Q*| of the fine rule; re-solve the points where it is not negligible."""
-    chi, chi_q, q_star, F = (np.array(a, dtype=float) for a in final)
+    chi, chi_q, F, *qs = (np.array(a, dtype=float) for a in final)
     bad = np.nonzero(np.abs(F - Qstar) > 1e-10 * np.maximum(Qstar, 1e-300))[0]
     if bad.size:
         fQ = _compiled(cell, "Q")
@@ -266,10 +266,9 @@ def _polish(cell, Qstar, hp, final):
         Qstar = Qstar.copy()
         Qstar[bad], _ = _solve(g_dg, lo, hi, x, "variance map", rtol=1e-12)
         vals = _evaluate(_compiled(cell, "final"), Qstar[bad], *sub.values())
-        for arr, v in zip((chi, chi_q, q_star, F), vals):
+        for arr, v in zip((chi, chi_q, F, *qs), vals):
             arr[bad] = v
-    return Qstar, chi, chi_q, q_star
-    return Qstar
+    return Qstar, chi, chi_q, qs
 
 
 def _solve_C(cell, Qstar, chi, hp):
@@ -317,7 +316,16 @@ def _solve_C(cell, Qstar, chi, hp):
 
 @dataclass
 class FixedPoint:
-    """Fixed point and derived quantities; arrays of the broadcast shape of the hyperparameters.
+    """A mean-field fixed point and what is derived from it; arrays of the broadcast shape of the hyperparameters.
+
+    One class for every cell. ``Q_star``: second moment :math:`|h|^2/N` of the output state; ``q_star``: variance of
+    the cell's first pre-activation (field) and ``q_stars``: ``{name: variance}`` of every one of them; ``chi``,
+    ``chi_q`` and their timescales ``xi = -1/ln chi``, ``xi_q``; with ``correlations=True`` also ``C_star``,
+    ``c_star``, ``chi_c``, ``xi_c``. Gated cells (:func:`mftrnn.theory.gated.gated_fixed_point`) add ``Qc_star`` (the
+    carried state's second moment where it differs from the output: the LSTM's :math:`|c|^2/N`), ``M_star`` (the
+    carried state's mean), ``law_error`` (measured error of the stationary law of the LSTM cell state) and
+    ``approximation``; a quantity a cell's theory does not give is ``None`` (for example ``chi`` under the
+    Gaussian closure of the LSTM, ``chi_q`` of the LSTM).
 
     ``multistable`` is True where the variance map was found to have more than one stable fixed point; ``Q_star``
     is then the least of them (see :func:`fixed_point`).
@@ -327,27 +335,38 @@ class FixedPoint:
     params: dict
     q_star: np.ndarray
     Q_star: np.ndarray
-    chi: np.ndarray
-    chi_q: np.ndarray
-    xi: np.ndarray
-    xi_q: np.ndarray
+    chi: np.ndarray | None
+    chi_q: np.ndarray | None
+    xi: np.ndarray | None
+    xi_q: np.ndarray | None
     C_star: np.ndarray | None = None
     c_star: np.ndarray | None = None
     chi_c: np.ndarray | None = None
     xi_c: np.ndarray | None = None
     multistable: np.ndarray | None = None
+    q_stars: dict = field(default_factory=dict)
+    Qc_star: np.ndarray | None = None
+    M_star: np.ndarray | None = None
+    law_error: np.ndarray | None = None
+    approximation: str = "exact mean field"
     keys: tuple = field(default=("q_star", "Q_star", "chi", "chi_q", "xi", "xi_q"), repr=False)
 
     def to_dict(self) -> dict:
-        """JSON-ready dict (scalar hyperparameters only); infinite timescales become ``None``."""
+        """JSON-ready dict (scalar hyperparameters only); infinite timescales become ``None``; quantities the
+        cell's theory does not give are left out."""
         if np.ndim(self.Q_star) != 0:
             raise MftrnnError("to_dict() needs scalar hyperparameters")
         out = {"cell": self.cell}
         out.update({k: float(v) for k, v in self.params.items()})
-        for k in self.keys:
-            v = float(getattr(self, k))
+        for k in (*self.keys, "Qc_star", "M_star"):
+            v = getattr(self, k)
+            if v is None or k in out:
+                continue
+            v = float(v)
             out[k] = None if (k.startswith("xi") and np.isinf(v)) else v
+        out["q_stars"] = {str(k): float(v) for k, v in self.q_stars.items()}
         out["multistable"] = bool(self.multistable)
+        out["approximation"] = self.approximation
         return out
 
 
@@ -375,7 +394,7 @@ def fixed_point(cell, *, correlations: bool = False, **hyperparameters) -> Fixed
     :class:`~mftrnn.ConvergenceError` when a fixed point is not found.
 
     A gated cell (``"lstm"``, ``"gru"``, ...) is passed on to :func:`mftrnn.theory.gated.gated_fixed_point` (per-gate
-    hyperparameters; a :class:`~mftrnn.theory.gated.GatedFixedPoint`).
+    hyperparameters; the same :class:`FixedPoint` with the gated cell's extra fields).
 
     Which fixed point: the *least* stable fixed point of the variance map, the one reached from a zero initial
     state when the map is increasing (as it is for the built-in cells). The variance map can have several
@@ -394,14 +413,15 @@ def fixed_point(cell, *, correlations: bool = False, **hyperparameters) -> Fixed
     flat = _flat(hp)
     Qstar, multistable = _solve_Q(cell, flat)
     final = _evaluate(_compiled(cell, "final"), Qstar, *flat.values())
-    Qstar, chi, chi_q, q_star = _polish(cell, Qstar, flat, final)
+    Qstar, chi, chi_q, qs = _polish(cell, Qstar, flat, final)
     for name, arr in (("Q_star", Qstar), ("chi", chi), ("chi_q", chi_q)):
         if not np.all(np.isfinite(arr)):
             raise ConvergenceError(f"non-finite {name} for cell {cell.name!r}")
     res = FixedPoint(cell.name, {k: (float(v) if v.ndim == 0 else v) for k, v in hp.items()},
-                     q_star.reshape(shape), Qstar.reshape(shape), chi.reshape(shape), chi_q.reshape(shape),
+                     qs[0].reshape(shape), Qstar.reshape(shape), chi.reshape(shape), chi_q.reshape(shape),
                      timescale(chi).reshape(shape), timescale(chi_q).reshape(shape),
-                     multistable=multistable.reshape(shape))
+                     multistable=multistable.reshape(shape),
+                     q_stars={str(p.symbol): q.reshape(shape) for p, q in zip(cell.preactivations, qs)})
     if correlations:
         Cstar, chi_c = _solve_C(cell, Qstar, chi, flat)
         with np.errstate(invalid="ignore", divide="ignore"):

@@ -55,6 +55,7 @@ from ..errors import ConvergenceError, DomainError, MftrnnError
 from .numeric import NUMPY_MODULES, strip_half_width
 from ..cells.gated import GatedCell, gate_hyperparameters
 from .field_integrals import FieldIntegral, gaussian_nodes
+from .fixed_point import FixedPoint
 from .perpetuity import S_MAX, chebyshev_grid, sech2_transform, sech4_transform, solve_characteristic
 
 __all__ = ["GatedFixedPoint", "gated_fixed_point", "analyse", "Structure", "stationary_law", "StationaryLaw",
@@ -445,7 +446,7 @@ def cell_state_law(fp: "GatedFixedPoint") -> StationaryLaw:
         raise MftrnnError("cell_state_law needs a fixed point at scalar hyperparameters")
     mom = {st.cell.input: (0.0, float(fp.params["R"]))}
     for f in st.cell.fields:
-        mom[f.symbol] = (float(fp.params[f"mu_b_{f.gate}"]) if f.bias else 0.0, float(fp.q_star[f.symbol]))
+        mom[f.symbol] = (float(fp.params[f"mu_b_{f.gate}"]) if f.bias else 0.0, float(fp.q_stars[str(f.symbol)]))
     return stationary_law(st, mom)[0]
 
 
@@ -637,44 +638,9 @@ def _root_near(F, lo, hi, x0):
     raise ConvergenceError("variance map: could not bracket the fixed point")
 
 
-@dataclass
-class GatedFixedPoint:
-    """Untied mean-field fixed point of a gated cell (scalar hyperparameters, or arrays of the broadcast shape).
-
-    ``Q_star``: second moment :math:`|h|^2/N` of the output state; ``Qc_star``: of the carried state where it
-    differs from the output (the LSTM's :math:`|c|^2/N`); ``M_star``: the carried state's mean; ``q_star``:
-    ``{field: variance}`` of every field; ``chi``, ``xi`` (``None`` under the Gaussian closure of the LSTM);
-    ``chi_q``, ``xi_q`` (closed cells; ``None`` for law cells); ``law_error``: the measured error of the stationary law (law cells).
-    """
-
-    cell: str
-    params: dict
-    Q_star: np.ndarray
-    chi: np.ndarray
-    xi: np.ndarray
-    Qc_star: np.ndarray | None = None
-    M_star: np.ndarray | None = None
-    chi_q: np.ndarray | None = None
-    xi_q: np.ndarray | None = None
-    q_star: dict = field(default_factory=dict)
-    multistable: np.ndarray | None = None
-    approximation: str = "exact untied mean field"
-    law_error: np.ndarray | None = None
-
-    def to_dict(self) -> dict:
-        if np.ndim(self.Q_star) != 0:
-            raise MftrnnError("to_dict() needs scalar hyperparameters")
-        out = {"cell": self.cell, **{k: float(v) for k, v in self.params.items()}}
-        for k in ("Q_star", "Qc_star", "M_star", "chi", "xi", "chi_q", "xi_q"):
-            v = getattr(self, k)
-            if v is None:
-                continue
-            v = float(v)
-            out[k] = None if (k.startswith("xi") and np.isinf(v)) else v
-        out["q_star"] = {str(k): float(v) for k, v in self.q_star.items()}
-        out["multistable"] = bool(self.multistable)
-        out["approximation"] = self.approximation
-        return out
+#: The gated cells' fixed point is the one :class:`~mftrnn.FixedPoint` of every cell (kept as a name for readers of
+#: earlier versions): ``Qc_star``, ``M_star``, ``law_error``, ``approximation`` and ``q_stars`` (every field) filled.
+GatedFixedPoint = FixedPoint
 
 
 def _timescale(chi):
@@ -791,18 +757,20 @@ def gated_fixed_point(cell, *, closure: str = "exact", **hyperparameters) -> Gat
     has_c = st.carried_new is not None and st.carried_new != out_new
     no_chi = st.kind == "law" and closure == "gaussian"  # the closure gives no chi: None, not NaN
     chi = None if no_chi else arr(lambda p: p["chi"])
-    res = GatedFixedPoint(
-        cell.name, _flat_params(cell, hp, R), Q_star, chi, None if no_chi else _vec_timescale(chi),
+    res = FixedPoint(
+        cell.name, _flat_params(cell, hp, R), chi=chi, xi=None if no_chi else _vec_timescale(chi), Q_star=Q_star,
+        chi_q=None, xi_q=None,
         Qc_star=arr(lambda p: p["Qs"][st.carried_new]) if has_c else None,
         M_star=arr(lambda p: p["M"]) if st.carried is not None else None,
-        chi_q=arr(lambda p: p["chi_q"]) if st.kind == "closed" else None,
-        q_star={f: arr(lambda p, f=f: p["mom"][f][1]) for f in st.fields},
+        q_star=arr(lambda p: p["mom"][st.fields[0]][1]),
+        q_stars={str(f): arr(lambda p, f=f: p["mom"][f][1]) for f in st.fields},
         multistable=np.array([p["multistable"] for p in pts]).reshape(shape) if shape else pts[0]["multistable"],
         approximation=("exact untied mean field" if closure == "exact"
                        else "Gaussian closure of the cell state (approximation)"),
         law_error=arr(lambda p: p.get("law_error", 0.0)),
     )
-    if res.chi_q is not None:
+    if st.kind == "closed":
+        res.chi_q = arr(lambda p: p["chi_q"])
         res.xi_q = _vec_timescale(np.abs(res.chi_q))
     return res
 
