@@ -79,6 +79,7 @@ def test_gated_and_single_state_share_one_class():
     assert type(vanilla) is type(lstm) is mf.FixedPoint
     assert mf.GatedFixedPoint is mf.FixedPoint
     assert set(lstm.q_stars) == {"e_i", "e_f", "e_g", "e_o"} and lstm.q_star == lstm.q_stars["e_i"]
-    assert lstm.Qc_star is not None and vanilla.Qc_star is None and lstm.chi_q is None
+    assert lstm.Qc_star is not None and vanilla.Qc_star is None and 0 < lstm.chi_q < 1
     d = lstm.to_dict()
-    assert "chi_q" not in d and d["Qc_star"] == float(lstm.Qc_star)
+    assert d["chi_q"] == float(lstm.chi_q) and d["Qc_star"] == float(lstm.Qc_star)
+    assert "chi_q" not in mf.fixed_point("lstm", sigma_w=0.8, closure="gaussian").to_dict()

@@ -580,6 +580,90 @@ def _law_chi_checked(st, hp, law, K, mom) -> float:
     return chi if M2 < K.grid.M else chi2
 
 
+def _law_chi_q(st, hp, R, Q, law, K, mom) -> float:
+    r"""Rate of approach of :math:`Q` to :math:`Q^*` for a law cell: the leading eigenvalue, among the modes that
+    :math:`Q` sees, of the linearised mean-field map of (the law of the carried state, :math:`Q`).
+
+    The map is :math:`\varphi_t = P(Q_{t-1})\,\varphi_{t-1}` (the perpetuity's characteristic function, the kernel
+    depending on :math:`Q` through the field variances) and :math:`Q_t = \mathbb E[G^2](Q_{t-1})\,
+    \mathbb E_{\varphi_t}[\tanh^2 c]`. Linearised: :math:`\delta\varphi_t = P\,\delta\varphi_{t-1} + u\,\delta Q_{t-1}`
+    with :math:`u = \partial_Q P\,\varphi^*` (central differences with Richardson extrapolation),
+    :math:`\delta Q_t = \mathbb E[G^2]\,\ell(\delta\varphi_t) + \mathbb E[\tanh^2 c]\,\partial_Q\mathbb E[G^2]\,
+    \delta Q_{t-1}` with :math:`\ell` the Parseval functional. Perturbations keep :math:`\delta\varphi(0) = 0`
+    (normalisation), which removes the eigenvalue 1 of :math:`P`. The eigenvalues of :math:`P` there are
+    :math:`\mathbb E[A^k]`, :math:`k\ge 1`; in the real form (real and imaginary parts) each appears twice and the
+    rank-one coupling to :math:`Q` moves one copy, the other stays invisible in :math:`Q`. When the law is
+    symmetric (zero mean, real :math:`\varphi`), odd perturbations are invisible too, and the map is restricted to
+    even ones (real :math:`\delta\varphi`). Modes whose weight in the response of :math:`Q` to a perturbation of
+    :math:`Q` (the residue) is below :math:`10^{-6}` of the largest are not counted: besides the exactly invisible
+    copies (residues ~1e-17) the discretised operator has modes of non-smooth perturbations (a kink of
+    :math:`\delta\varphi` at 0, i.e. an infinite first absolute moment, eigenvalue :math:`\mathbb E[A]`) that no
+    perturbation with finite moments excites; they carry residues of ~1e-9 relative, rounding. A mode this weak
+    would change :math:`Q` by less than 1e-6 of the perturbation."""
+    import scipy.linalg as sla
+
+    g = K.grid
+    n = g.M + 1
+    h = 1e-3 * Q
+    if not Q > 0:
+        return np.nan
+    new, G, _ = next(rr for rr in st.readouts if st.cell.previous_of(rr[0]) == st.read_state)
+
+    def P_phi(Qx):
+        Kx = _LawKernel(st, _field_moments(st, hp, R, Qx), g.M, g.S, law.m1)
+        return Kx.matrix(sp.S.One, 0) @ law.phi
+
+    def EG2(Qx):
+        return _E(G**2, st, _field_moments(st, hp, R, Qx))
+
+    def slope(f):
+        d = lambda hh: (f(Q + hh) - f(Q - hh)) / (2 * hh)
+        return (4 * d(h / 2) - d(h)) / 3
+
+    u, dE = slope(P_phi), slope(EG2)
+    P = K.matrix(sp.S.One, 0)
+    a, b = parseval_weights(g, sech2_transform, law.m1)
+    idx = np.arange(1, n)  # delta phi(0) = 0
+    m = n - 1
+    sd = np.sqrt(max(law.m2 - law.m1**2, 0.0))
+    symmetric = abs(law.m1) <= 1e-12 * max(sd, 1e-300) and float(np.max(np.abs(law.phi.imag))) <= 1e-12
+    Ps = P[np.ix_(idx, idx)]
+    if symmetric:
+        Z = np.zeros((m + 1, m + 1))
+        Z[:m, :m], Z[:m, -1] = Ps.real, u[idx].real
+        lin = -a[idx] / np.pi
+        k = m
+    else:
+        Z = np.zeros((2 * m + 1, 2 * m + 1))
+        Z[:m, :m], Z[:m, m:2 * m] = Ps.real, -Ps.imag
+        Z[m:2 * m, :m], Z[m:2 * m, m:2 * m] = Ps.imag, Ps.real
+        Z[:m, -1], Z[m:2 * m, -1] = u[idx].real, u[idx].imag
+        lin = -np.concatenate([a[idx], b[idx]]) / np.pi
+        k = 2 * m
+    Z[-1, :] = EG2(Q) * (lin @ Z[:k, :])
+    Z[-1, -1] += law.expect_tanh2() * dE
+    w, vl, vr = sla.eig(Z, left=True, right=True)
+    residue = np.abs(vr[-1, :] * vl[-1, :].conj() / np.einsum("ij,ij->j", vl.conj(), vr))
+    seen = residue > 1e-6 * residue.max()
+    return float(np.max(np.abs(w[seen])))
+
+
+def _law_chi_q_checked(st, hp, R, Q, law, K, mom) -> float:
+    """:func:`_law_chi_q` on the law's grid and on the next coarser one; they must agree to 1e-6 (absolute; the
+    coarser grid is the less accurate one, measured differences are ~2e-7), else :class:`~mftrnn.ConvergenceError`.
+    The finer grid's value is returned."""
+    chi_q = _law_chi_q(st, hp, R, Q, law, K, mom)
+    coarser = [M for M in _M_GRIDS if M < K.grid.M]
+    M2 = coarser[-1] if coarser else _M_GRIDS[1]
+    K2 = _LawKernel(st, mom, M2, K.grid.S, law.m1)
+    law2 = StationaryLaw(K2.grid, solve_characteristic(K2.matrix(sp.S.One, 0)), law.m1, law.m2, law.error)
+    chi_q2 = _law_chi_q(st, hp, R, Q, law2, K2, mom)
+    if not abs(chi_q2 - chi_q) <= 1e-6:
+        raise ConvergenceError(f"cell {st.cell.name!r}: chi_q is not resolved by the grid ({chi_q:.12g} on "
+                               f"{K.grid.M + 1} points, {chi_q2:.12g} on {M2 + 1})")
+    return chi_q if M2 < K.grid.M else chi_q2
+
+
 # --------------------------------------------------------------------------- fixed points
 def _least_root(F, lo, hi, what, n_scan=24, F_scan=None, start=None):
     """Least stable root of g(Q) = F(Q) - Q on [lo, hi] (g(hi) < 0), found by a scan (of ``F_scan``, a cheaper
@@ -718,7 +802,7 @@ def _point(st: Structure, hp: dict, R: float, closure: str) -> dict:
         out["M"] = m1
         out["mom"] = mom
         out["multistable"] = multi
-        out["chi_q"] = None
+        out["chi_q"] = None if gaussian else _law_chi_q_checked(st, hp, R, Q, law, K, mom)
     return out
 
 
@@ -769,7 +853,7 @@ def gated_fixed_point(cell, *, closure: str = "exact", **hyperparameters) -> Gat
                        else "Gaussian closure of the cell state (approximation)"),
         law_error=arr(lambda p: p.get("law_error", 0.0)),
     )
-    if st.kind == "closed":
+    if not no_chi:
         res.chi_q = arr(lambda p: p["chi_q"])
         res.xi_q = _vec_timescale(np.abs(res.chi_q))
     return res
