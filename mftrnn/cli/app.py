@@ -566,10 +566,14 @@ def _critical_values(args: argparse.Namespace) -> dict:
     return out
 
 
+def _flag(name: str) -> str:
+    return "--T" if name == "T" else "--" + name.replace("_", "-")
+
+
 def _refuse(cell: str, given: dict, allowed: Sequence[str], why: str) -> None:
     extra = [n for n in given if n not in allowed]
     if extra:
-        flags = ", ".join("--T" if n == "T" else "--" + n.replace("_", "-") for n in extra)
+        flags = ", ".join(_flag(n) for n in extra)
         raise CliError(f"{cell}: {flags} not accepted {why}")
 
 
@@ -578,37 +582,29 @@ def cmd_critical(args: argparse.Namespace) -> int:
 
     cell = _check_cell(args.cell)
     given = _critical_values(args)
-    if cell == "vanilla":
-        if "q_star" not in given:
-            raise CliError("vanilla: give --q-star X (the fixed point's pre-activation variance; chi = 1 fixes "
-                           "sigma_w and sigma_v)")
-        _refuse(cell, given, ("q_star", "mu_b", "sigma_b", "R"), "(sigma_w and sigma_v are chosen; the critical "
-                "line has xi = inf)")
-        if args.gaussian:
-            raise CliError("vanilla: --gaussian is for minimal --T (chi does not depend on the weight ensemble)")
-        result = critical.vanilla_critical(given["q_star"], **{k: given[k] for k in ("mu_b", "sigma_b", "R")
-                                                               if k in given})
-        title = f"vanilla RNN on the critical line chi = 1 with q* = {given['q_star']:g}"
-    elif cell == "minimal" and "T" in given:
-        T = given["T"]
-        if T != int(T) or T < 1:
-            raise CliError(f"--T must be an integer >= 1, got {args.T!r}")
-        _refuse(cell, given, ("T", "k", "sigma_w", "sigma_v", "sigma_b", "R", "max_spread"),
-                "with --T (mu_b is chosen for the timescale)")
-        kw = {k: given[k] for k in ("k", "sigma_w", "sigma_v", "sigma_b", "R", "max_spread") if k in given}
-        result = critical.minimal_for_timescale(int(T), orthogonal=not args.gaussian, **kw)
-        title = f"minimalRNN with timescale xi = k T = {result['k'] * result['T']:g}"
-    elif cell == "minimal":
-        if "sigma_w" not in given:
-            raise CliError("minimal: give --T N (timescale xi = k T) or --sigma-w X (the chi = 1 boundary's mu_b)")
-        _refuse(cell, given, ("sigma_w", "sigma_v", "sigma_b", "R"), "without --T (mu_b is chosen on chi = 1)")
-        if args.gaussian:
-            raise CliError("minimal: --gaussian is for --T")
-        result = critical.minimal_critical_mu_b(given["sigma_w"], **{k: given[k] for k in ("sigma_v", "sigma_b", "R")
-                                                                      if k in given})
-        title = f"minimalRNN on the chi = 1 boundary at sigma_w = {given['sigma_w']:g}"
-    else:
-        raise CliError(f"no critical initialisation for cell {cell!r} (vanilla and minimal only)")
+    recipes = critical.critical_recipes(cell)  # the closed forms registered for the cell
+    if not recipes:
+        having = dict.fromkeys(r.cell for r in critical.critical_recipes())
+        raise CliError(f"no critical initialisation for cell {cell!r} ({' and '.join(having)} only)")
+    recipe = next((r for r in recipes if r.key in given), None)
+    if recipe is None:
+        raise CliError(f"{cell}: give " + " or ".join(f"{_flag(r.key)} {r.metavar} ({r.meaning})" for r in recipes))
+    value = given[recipe.key]
+    if recipe.integer:
+        if value != int(value) or value < 1:
+            raise CliError(f"{_flag(recipe.key)} must be an integer >= 1, got {getattr(args, recipe.key)!r}")
+        value = int(value)
+    _refuse(cell, given, (recipe.key,) + recipe.options, recipe.chosen)
+    kw = {k: given[k] for k in recipe.options if k in given}
+    if recipe.weights:
+        kw["orthogonal"] = not args.gaussian
+    elif args.gaussian:
+        where = [(f"{r.cell} " if r.cell != cell else "") + _flag(r.key) for r in critical.critical_recipes()
+                 if r.weights]
+        why = "" if any(r.weights for r in recipes) else " (chi does not depend on the weight ensemble)"
+        raise CliError(f"{cell}: --gaussian is for {' or '.join(where)}{why}")
+    result = recipe.function(value, **kw)
+    title = recipe.title(given, result)
     out = {"cell": cell}
     for key, value in result.items():
         if isinstance(value, float) and math.isnan(value):

@@ -14,7 +14,8 @@ and detached), with gradient-norm clipping and plain SGD.  The perplexity is :ma
 Dropout (probability ``dropout``) acts on the embedding output, between layers and before the decoder;
 ``tie_weights`` shares the decoder matrix with the embedding, :math:`D = E` (needs ``emb_size == hidden_size``).
 
-Cells (``cell``):
+Cells (``cell``): every registered cell with a fast sequence module (:data:`CELLS`, from the registry
+:mod:`mftrnn.nets.registry`; the recurrent layers are :func:`mftrnn.nets.registry.sequence_module`). Today:
 
 * ``"minimal"`` -- :class:`mftrnn.nets.layers.MinimalRNN` with the library's conventions: every layer embeds its
   input, :math:`z_t = \Phi x_t + \phi_b`, then :math:`u_t = \sigma(W h_{t-1} + V z_t + b)`,
@@ -25,6 +26,10 @@ Cells (``cell``):
 * ``"lstm"``, ``"gru"``, ``"vanilla"`` (:math:`h_t = \tanh(W h_{t-1} + V x_t + b)`) -- PyTorch's
   :class:`torch.nn.LSTM`, :class:`torch.nn.GRU`, :class:`torch.nn.RNN` (cuDNN kernels on a GPU), initialised
   as in Zaremba et al.: every entry uniform in :math:`[-a, a]` with :math:`a` = ``init_range``.
+
+The rule behind the two: a sequence module whose implementation registers its own mean-field initialiser (the
+library's ``MinimalRNN``: :func:`~mftrnn.nets.layers.init_minimal_rnn_`) is initialised by it with the
+hyperparameters of :class:`MinimalInit`; every other one (torch's modules) uniformly.
 
 The word embedding and the decoder are initialised uniformly in :math:`[-a, a]` for every cell.
 
@@ -61,6 +66,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -78,7 +84,7 @@ from torch.nn import functional as F
 from ..errors import ConvergenceError, DataError, MftrnnError
 from .harness import load_checkpoint, provenance, save_checkpoint, utc_now, write_json_atomic
 from .data import SPLITS, Corpus, batchify, bptt_batches, build_vocab, load_corpus, tokenize
-from ..nets.layers import MinimalRNN, init_minimal_rnn_
+from ..nets.registry import LiveNames, sequence_cells, sequence_implementation, sequence_module, zero_state
 
 __all__ = [
     "CELLS",
@@ -108,8 +114,9 @@ __all__ = [
     "run_cli",
 ]
 
-CELLS = ("minimal", "lstm", "gru", "vanilla")
-"""Recurrent cells: the minimalRNN, PyTorch's LSTM and GRU, and the vanilla tanh RNN."""
+CELLS = LiveNames(sequence_cells)
+"""Recurrent cells: those of the cell registry with a fast sequence module (:func:`mftrnn.nets.registry.sequence_cells`,
+read at every access): the vanilla tanh RNN, the minimalRNN, PyTorch's LSTM and GRU."""
 
 CORPORA = ("ptb", "wikitext-2", "wikitext-2-excerpt")
 """Corpora: Penn Treebank and WikiText-2 (from the data folder, :func:`mftrnn.experiments.data.load_corpus`) and the
@@ -200,8 +207,7 @@ class LMConfig:
 
     def validate(self) -> "LMConfig":
         """Raise :class:`mftrnn.MftrnnError` naming the first invalid field; return ``self``."""
-        if self.cell not in CELLS:
-            raise MftrnnError(f"unknown cell {self.cell!r}; choose one of {', '.join(CELLS)}")
+        _check_cell(self.cell)
         if self.corpus not in CORPORA:
             raise MftrnnError(f"unknown corpus {self.corpus!r}; choose one of {', '.join(CORPORA)}")
         if self.schedule not in SCHEDULES:
@@ -429,8 +435,7 @@ class LanguageModel(nn.Module):
     def __init__(self, cell: str, vocab_size: int, hidden_size: int, num_layers: int = 1,
                  emb_size: int | None = None, dropout: float = 0.0, tie_weights: bool = False):
         super().__init__()
-        if cell not in CELLS:
-            raise MftrnnError(f"unknown cell {cell!r}; choose one of {', '.join(CELLS)}")
+        _check_cell(cell)
         emb_size = hidden_size if emb_size is None else emb_size
         if tie_weights and emb_size != hidden_size:
             raise MftrnnError(f"tie_weights needs emb_size == hidden_size, got {emb_size} != {hidden_size}")
@@ -439,40 +444,32 @@ class LanguageModel(nn.Module):
         inner = dropout if num_layers > 1 else 0.0
         self.drop = nn.Dropout(dropout)
         self.encoder = nn.Embedding(vocab_size, emb_size)
-        if cell == "minimal":
-            self.rnn = MinimalRNN(emb_size, hidden_size, num_layers=num_layers, dropout=inner, embed=True)
-        elif cell == "lstm":
-            self.rnn = nn.LSTM(emb_size, hidden_size, num_layers=num_layers, dropout=inner)
-        elif cell == "gru":
-            self.rnn = nn.GRU(emb_size, hidden_size, num_layers=num_layers, dropout=inner)
-        else:
-            self.rnn = nn.RNN(emb_size, hidden_size, num_layers=num_layers, dropout=inner, nonlinearity="tanh")
+        self.rnn = sequence_module(cell, emb_size, hidden_size, num_layers=num_layers, dropout=inner)
         self.decoder = nn.Linear(hidden_size, vocab_size)
         if tie_weights:
             self.decoder.weight = self.encoder.weight
 
     def init_weights(self, init_range: float, minimal: MinimalInit | None = None) -> None:
-        """Uniform :math:`[-a, a]` for embedding, decoder and (except the minimalRNN) the recurrent layers;
-        the minimalRNN layers by :func:`mftrnn.nets.layers.init_minimal_rnn_` with ``minimal``'s hyperparameters."""
+        """Uniform :math:`[-a, a]` for embedding, decoder and the recurrent layers, except recurrent layers whose
+        implementation registers its own mean-field initialiser (the minimalRNN's
+        :func:`mftrnn.nets.layers.init_minimal_rnn_`): that one, with ``minimal``'s hyperparameters."""
         a = float(init_range)
+        own = sequence_implementation(self.cell).init
         with torch.no_grad():
             self.encoder.weight.uniform_(-a, a)
             if not self.tie_weights:
                 self.decoder.weight.uniform_(-a, a)
             self.decoder.bias.uniform_(-a, a)
-            if self.cell == "minimal":
-                m = minimal or MinimalInit()
-                init_minimal_rnn_(self.rnn, sigma_w=m.sigma_w, sigma_v=m.sigma_v, sigma_b=m.sigma_b, mu_b=m.mu_b,
-                                  orthogonal=m.orthogonal, sigma_phi=m.sigma_phi, sigma_phib=m.sigma_phib)
+            if own is not None:
+                own(self.rnn, **dataclasses.asdict(minimal or MinimalInit()))
             else:
                 for p in self.rnn.parameters():
                     p.uniform_(-a, a)
 
     def init_hidden(self, batch_size: int):
-        """Zero state for ``batch_size`` sequences (an ``(h, c)`` pair for the LSTM)."""
-        w = self.decoder.weight
-        h = w.new_zeros(self.num_layers, batch_size, self.hidden_size)
-        return (h, h.clone()) if self.cell == "lstm" else h
+        """Zero state for ``batch_size`` sequences in the recurrent module's format
+        (:func:`mftrnn.nets.registry.zero_state`: an ``(h, c)`` pair for the LSTM)."""
+        return zero_state(self.rnn, batch_size, like=self.decoder.weight)
 
     def forward(self, tokens: torch.Tensor, hidden=None):
         if tokens.dim() != 2:
@@ -499,24 +496,30 @@ def count_parameters(cell: str, hidden_size: int, vocab_size: int, num_layers: i
     * LSTM: :math:`4N n_l + 4N^2 + 8N` (PyTorch keeps two bias vectors); GRU: :math:`3N n_l + 3N^2 + 6N`;
     * vanilla: :math:`N n_l + N^2 + 2N`;
 
-    the embedding has :math:`VE`, the decoder :math:`VN + V` (only :math:`V` with tied weights).
+    the embedding has :math:`VE`, the decoder :math:`VN + V` (only :math:`V` with tied weights). The recurrent
+    count is that of the module itself, built on the ``meta`` device (no memory, no numbers), so it holds for any
+    cell of :data:`CELLS`.
     """
-    if cell not in CELLS:
-        raise MftrnnError(f"unknown cell {cell!r}; choose one of {', '.join(CELLS)}")
+    _check_cell(cell)
     N, V, L = int(hidden_size), int(vocab_size), int(num_layers)
     E = N if emb_size is None else int(emb_size)
-    gates = {"lstm": 4, "gru": 3, "vanilla": 1}
-    recurrent = 0
-    for layer in range(L):
-        n_in = E if layer == 0 else N
-        if cell == "minimal":
-            recurrent += N * n_in + N + 2 * N * N + N
-        else:
-            g = gates[cell]
-            recurrent += g * N * n_in + g * N * N + 2 * g * N
+    recurrent = _recurrent_parameters(cell, E, N, L)
     embedding = V * E
     decoder = V if tie_weights else V * N + V
     return dict(embedding=embedding, recurrent=recurrent, decoder=decoder, total=embedding + recurrent + decoder)
+
+
+@functools.lru_cache(maxsize=4096)
+def _recurrent_parameters(cell: str, emb_size: int, hidden_size: int, num_layers: int) -> int:
+    """Number of parameters of the cell's sequence module (built on the ``meta`` device)."""
+    with torch.device("meta"):
+        module = sequence_module(cell, emb_size, hidden_size, num_layers=num_layers)
+    return sum(p.numel() for p in module.parameters())
+
+
+def _check_cell(cell) -> None:
+    if cell not in CELLS:
+        raise MftrnnError(f"unknown cell {cell!r}; choose one of {', '.join(CELLS)}")
 
 
 def match_hidden_size(cell: str, target: int, vocab_size: int, num_layers: int = 1, emb_size: int | None = None,
@@ -1034,9 +1037,10 @@ def config_from_args(args: argparse.Namespace, vocab_size: Callable[[LMConfig], 
     minimal = {name: getattr(args, name) for name in _MINIMAL if getattr(args, name) is not None}
     if args.orthogonal:
         minimal["orthogonal"] = True
-    if minimal and args.cell != "minimal":
+    own = [c for c in CELLS if sequence_implementation(c).init is not None]  # cells with a mean-field init
+    if minimal and args.cell not in own:
         raise MftrnnError(f"--{'/--'.join(n.replace('_', '-') for n in minimal)}: minimalRNN initialisation "
-                          f"options apply to the minimal cell only, not {args.cell!r}")
+                          f"options apply to the {' and '.join(own)} cell only, not {args.cell!r}")
     cfg = preset(args.preset, args.cell, minimal=minimal or None, **overrides)
     if args.match_params is not None:
         if args.match_params not in CELLS:
@@ -1056,8 +1060,7 @@ def run_cli(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
     """Run the ``lm`` command for parsed ``args``; errors propagate as :class:`mftrnn.MftrnnError`/``OSError``."""
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    if args.cell not in CELLS:
-        raise MftrnnError(f"unknown cell {args.cell!r}; choose one of {', '.join(CELLS)}")
+    _check_cell(args.cell)
     cache: dict = {}
 
     def get_corpus(cfg: LMConfig) -> Corpus:

@@ -69,7 +69,6 @@ import shlex
 import struct
 import sys
 import time
-import types
 import urllib.error
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,6 +82,8 @@ from torch.nn import functional as F
 from .harness import device_name, git_state, save_checkpoint, utc_now, write_json_atomic
 from . import data as _data
 from ..errors import ConvergenceError, DataError, DomainError, MftrnnError, UnknownCellError
+from ..nets.init import RNN_OFF_CRITICAL_FACTORS, mean_field_init, pytorch_rnn_default_hyperparameters
+from ..nets.registry import LiveNames, sequence_cells, sequence_implementation, sequence_module
 
 __all__ = [
     "DigitsData",
@@ -117,7 +118,16 @@ __all__ = [
     "MNIST_URL",
 ]
 
-CELLS = ("vanilla", "minimal")
+
+
+def _mean_field_cells() -> tuple[str, ...]:
+    """Registered cells whose fast sequence module has registered mean-field initialisations (read now)."""
+    return tuple(c for c in sequence_cells() if mean_field_init(sequence_implementation(c).torch_class) is not None)
+
+
+CELLS = LiveNames(_mean_field_cells)
+"""Cells of the digits task: those of the registry whose sequence module (:func:`mftrnn.nets.registry.sequence_module`)
+has registered mean-field initialisations (:func:`mftrnn.nets.init.mean_field_init`): ``vanilla``, ``minimal``."""
 INITS = ("default", "critical", "off-critical")
 WEIGHTS = ("orthogonal", "gaussian")
 DATASETS = ("mnist", "sklearn")
@@ -407,18 +417,15 @@ class SequentialDigits:
 # ---------------------------------------------------------------------------------------------------------------
 
 class SequenceClassifier(nn.Module):
-    """A one-layer recurrent network (``cell`` = ``"vanilla"`` tanh :class:`torch.nn.RNN` or ``"minimal"``
-    :class:`mftrnn.nets.layers.MinimalRNN`, ``batch_first``) and a linear readout of the last hidden state."""
+    """A one-layer recurrent network (the cell's sequence module, :func:`mftrnn.nets.registry.sequence_module`:
+    ``"vanilla"`` tanh :class:`torch.nn.RNN`, ``"minimal"`` :class:`mftrnn.nets.layers.MinimalRNN`; ``batch_first``)
+    and a linear readout of the last hidden state."""
 
     def __init__(self, cell: str, n_features: int, hidden: int, n_classes: int = N_CLASSES):
         super().__init__()
         _check_cell(cell)
         self.cell = cell
-        if cell == "vanilla":
-            self.rnn = nn.RNN(n_features, hidden, nonlinearity="tanh", batch_first=True)
-        else:
-            from ..nets.layers import MinimalRNN
-            self.rnn = MinimalRNN(n_features, hidden, batch_first=True)
+        self.rnn = sequence_module(cell, n_features, hidden, batch_first=True)
         self.readout = nn.Linear(hidden, n_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -426,29 +433,13 @@ class SequenceClassifier(nn.Module):
         return self.readout(h_n[-1])
 
 
-def _pytorch_default_hyperparameters(n_features: int, hidden: int) -> dict:
-    r"""Mean-field hyperparameters of PyTorch's :class:`torch.nn.RNN` default initialisation.
-
-    Every weight and both biases are :math:`\mathcal U(-a, a)` with :math:`a = 1/\sqrt N`, of variance
-    :math:`a^2/3 = 1/(3N)`.  Matching variances with :math:`W_{ij}\sim\mathcal N(0,\sigma_w^2/N)`,
-    :math:`V_{ij}\sim\mathcal N(0,\sigma_v^2/N_{in})` and :math:`b = b_{ih} + b_{hh}` of variance
-    :math:`\sigma_b^2`: :math:`\sigma_w^2 = 1/3`, :math:`\sigma_v^2 = N_{in}/(3N)`, :math:`\sigma_b^2 = 2/(3N)`.
-    """
-    return dict(sigma_w=math.sqrt(1.0 / 3.0), sigma_v=math.sqrt(n_features / (3.0 * hidden)),
-                sigma_b=math.sqrt(2.0 / (3.0 * hidden)), mu_b=0.0)
+_pytorch_default_hyperparameters = pytorch_rnn_default_hyperparameters  # moved to mftrnn.nets.init
 
 
-def _vanilla_params(rnn: nn.RNN) -> types.SimpleNamespace:
-    """``nn.RNN`` layer 0 seen as a :mod:`mftrnn.nets.nn` cell (``weight_hh``, ``weight_ih``, ``bias``)."""
-    return types.SimpleNamespace(weight_hh=rnn.weight_hh_l0, weight_ih=rnn.weight_ih_l0, bias=rnn.bias_ih_l0)
-
-
-def _critical_initialisers():
-    try:
-        from ..nets.init import critical_minimal_init_, critical_rnn_init_
-    except ImportError as exc:  # pragma: no cover - only while mftrnn.nets.init is being written
-        raise MftrnnError(f"critical initialisation needs mftrnn.nets.init ({exc})") from None
-    return critical_rnn_init_, critical_minimal_init_
+def _mean_field(cell: str):
+    """The :class:`mftrnn.nets.init.MeanFieldInit` of the cell's sequence module."""
+    _check_cell(cell)
+    return mean_field_init(sequence_implementation(cell).torch_class)
 
 
 _HP_KEYS = ("sigma_w", "sigma_v", "sigma_b", "mu_b")
@@ -466,40 +457,18 @@ def initialise(model: SequenceClassifier, config: "DigitsConfig", T: int,
     """
     init, cell, R = config.init, config.cell, config.R
     orthogonal = config.weights == "orthogonal"
-    rnn = model.rnn
-    if cell == "vanilla":
-        if init == "default":
-            hp = dict(_pytorch_default_hyperparameters(rnn.input_size, rnn.hidden_size), orthogonal=False,
-                      distribution="uniform (PyTorch default)")
-        elif init == "critical":
-            critical_rnn_init_, _ = _critical_initialisers()
-            info = critical_rnn_init_(rnn, q_star=config.q_star, orthogonal=orthogonal, mu_b=config.mu_b or 0.0,
-                                      sigma_b=config.sigma_b or 0.0, R=R, generator=generator)
-            hp = dict(_jsonable(info), orthogonal=orthogonal)
-        else:
-            from ..nets.nn import init_
-            init_(_vanilla_params(rnn), config.sigma_w, config.sigma_v, config.sigma_b, config.mu_b,
-                  orthogonal=orthogonal, generator=generator)
-            rnn.bias_hh_l0.zero_()
-            hp = dict(sigma_w=config.sigma_w, sigma_v=config.sigma_v, sigma_b=config.sigma_b, mu_b=config.mu_b,
-                      orthogonal=orthogonal)
-        hp["R"] = R
+    rnn, mf = model.rnn, _mean_field(cell)
+    if init == "default":
+        hp = mf.default(rnn)
+    elif init == "critical":
+        info = mf.critical(rnn, T=T, R=R, q_star=config.q_star, k=config.k, sigma_w=config.sigma_w,
+                           sigma_b=config.sigma_b, mu_b=config.mu_b, orthogonal=orthogonal, generator=generator)
+        hp = dict(_jsonable(info), orthogonal=orthogonal)
     else:
-        from ..nets.layers import init_minimal_rnn_
-        if init == "default":
-            hp = dict(rnn.hyperparameters)  # the layer's own default, drawn at construction
-        elif init == "critical":
-            _, critical_minimal_init_ = _critical_initialisers()
-            info = critical_minimal_init_(rnn, T=T, k=config.k, sigma_w=config.sigma_w, orthogonal=orthogonal,
-                                          R=R, generator=generator)
-            hp = dict(_jsonable(info), orthogonal=orthogonal)
-            hp.update({k: v for k, v in rnn.hyperparameters.items() if k not in hp})
-        else:
-            hp = init_minimal_rnn_(rnn, config.sigma_w, config.sigma_v, config.sigma_b, config.mu_b,
-                                   orthogonal=orthogonal, generator=generator)
-        hp = dict(hp)
-        hp["R"] = hp.get("sigma_phi", 1.0) ** 2 * R + hp.get("sigma_phib", 0.0) ** 2  # of z = Phi x + phi_b
-        hp["R_x"] = R
+        hp = mf.explicit(rnn, config.sigma_w, config.sigma_v, config.sigma_b, config.mu_b, orthogonal=orthogonal,
+                         generator=generator)
+    hp = dict(hp)
+    hp.update(mf.cell_input(hp, R))  # R of the input the cell sees (minimalRNN: of z = Phi x + phi_b; and R_x)
     if hp.get("num_layers") == 1:
         hp.pop("layers", None)  # one layer: the per-layer list repeats the top-level values
     missing = [k for k in _HP_KEYS if k not in hp]
@@ -603,14 +572,11 @@ class DigitsConfig:
             given = [k for k, v in hp.items() if v is not None]
             if given:
                 raise DomainError(f"init 'default' takes no explicit hyperparameters, got {', '.join(given)}")
-        elif self.cell == "minimal":
-            extra = [k for k in ("sigma_v", "sigma_b", "mu_b") if hp[k] is not None]
+        else:
+            mf = _mean_field(self.cell)
+            extra = [k for k in mf.chooses if hp[k] is not None]
             if extra:
-                raise DomainError(f"the minimalRNN critical initialiser chooses {', '.join(extra)} itself; "
-                                  "give only sigma_w (and k)")
-        elif hp["sigma_w"] is not None or hp["sigma_v"] is not None:
-            raise DomainError("the vanilla critical initialiser chooses sigma_w and sigma_v from q_star; "
-                              "give q_star (and optionally sigma_b, mu_b)")
+                raise DomainError(mf.refusal.format(extra=", ".join(extra)))
         if self.device not in ("cpu", "cuda") and not str(self.device).startswith("cuda:"):
             raise DomainError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
         return dataclasses.replace(self, weights=weights, **{k: (None if v is None else float(v))
@@ -634,7 +600,7 @@ class DigitsConfig:
         parts = [self.cell, self.init] + ([self.weights] if self.weights else [])
         if self.init == "off-critical":
             parts.append(f"sigma_w={self.sigma_w:.3g}")
-            if self.cell == "minimal" or self.mu_b:
+            if "mu_b" in _mean_field(self.cell).chooses or self.mu_b:  # mu_b is the critical knob, or set
                 parts.append(f"mu_b={self.mu_b:.3g}")
         return " ".join(parts)
 
@@ -666,8 +632,8 @@ PRESET_SEEDS: dict[str, tuple[int, ...]] = {"tiny": (0,), "cpu": (0, 1), "gpu": 
 
 _IMAGE_SIDE = {"mnist": 28, "sklearn": 8}
 
-OFF_CRITICAL_FACTORS = (0.5, 2.0)
-"""The vanilla sweep's off-critical sigma_w, as multiples of the critical one."""
+OFF_CRITICAL_FACTORS = RNN_OFF_CRITICAL_FACTORS
+"""The vanilla sweep's off-critical sigma_w, as multiples of the critical one (:mod:`mftrnn.nets.init`)."""
 
 
 def _critical_hyperparameters(config: DigitsConfig) -> dict:
@@ -681,7 +647,8 @@ def _critical_hyperparameters(config: DigitsConfig) -> dict:
 
 
 def sweep_configs(preset: str, seeds: Iterable[int] | None = None, **overrides) -> list[DigitsConfig]:
-    """The configurations of a sweep: for each seed (default :data:`PRESET_SEEDS`),
+    """The configurations of a sweep: for each seed (default :data:`PRESET_SEEDS`) and cell of :data:`CELLS`
+    (off-critical variants from the cell's :class:`mftrnn.nets.init.MeanFieldInit`),
 
     * vanilla: ``default``; ``critical`` orthogonal and Gaussian; ``off-critical`` orthogonal with
       :data:`OFF_CRITICAL_FACTORS` times the critical :math:`\\sigma_w` (the critical :math:`\\sigma_v`, and
@@ -701,15 +668,9 @@ def sweep_configs(preset: str, seeds: Iterable[int] | None = None, **overrides) 
             out.append(dataclasses.replace(cfg, init="default", weights=None))
             for w in WEIGHTS:
                 out.append(dataclasses.replace(cfg, init="critical", weights=w))
-            if cell == "vanilla":
-                for f in OFF_CRITICAL_FACTORS:
-                    out.append(dataclasses.replace(cfg, init="off-critical", weights="orthogonal",
-                                                   sigma_w=round(f * crit["sigma_w"], 6),
-                                                   sigma_v=round(crit["sigma_v"], 6), sigma_b=0.0, mu_b=0.0))
-            else:
+            for off in _mean_field(cell).off_critical(crit):
                 out.append(dataclasses.replace(cfg, init="off-critical", weights="orthogonal",
-                                               sigma_w=round(crit["sigma_w"], 6), sigma_v=round(crit["sigma_v"], 6),
-                                               sigma_b=0.0, mu_b=0.0))
+                                               **{k: round(v, 6) for k, v in off.items()}))
     return [c.validated() for c in out]
 
 

@@ -15,6 +15,10 @@ with the mean-field fixed point and :math:`\chi`, :math:`\xi` they give), and ta
 * :func:`critical_minimal_init_` — :class:`mftrnn.nets.nn.MinimalRNNCell` and single-layer
   :class:`mftrnn.nets.layers.MinimalRNN` with the timescale :math:`\xi = kT`
   (:func:`mftrnn.theory.critical.minimal_for_timescale`), or with explicit :math:`\sigma_w, \mu_b`.
+* :class:`MeanFieldInit` — the mean-field initialisations of a module class in one calling convention (its own
+  default, the critical initialiser, explicit values, the off-critical variants), registered per class
+  (:func:`register_mean_field_init`: ``nn.RNN`` and ``MinimalRNN`` below) and found by :func:`mean_field_init`, so
+  that an experiment treats every cell alike (:mod:`mftrnn.experiments.seqdigits`).
 
 Stacked layers. Layer 0 sees the external input, of per-component second moment :math:`R`; layer :math:`l>0` sees the
 states of layer :math:`l-1`, of second moment :math:`Q^*_{l-1}` at the fixed point, so its :math:`R_l = Q^*_{l-1}`
@@ -27,6 +31,9 @@ second moment of a deeper layer's input by :math:`1/(1-p)`; the initialisers use
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Callable
 
 import numpy as np
 import torch
@@ -35,7 +42,8 @@ from torch import nn
 from ..errors import DomainError, MftrnnError
 from ..theory.fixed_point import fixed_point, timescale
 from ..theory.critical import minimal_for_timescale, vanilla_critical
-from .nn import MinimalRNNCell, VanillaRNNCell, haar_orthogonal
+from .layers import MinimalRNN, init_minimal_rnn_
+from .nn import MinimalRNNCell, VanillaRNNCell, haar_orthogonal, init_
 
 __all__ = ["critical_rnn_init_", "critical_minimal_init_", "module_chi"]
 
@@ -178,8 +186,6 @@ def critical_rnn_init_(rnn, *, q_star=None, orthogonal: bool = True, mu_b: float
 
 def _minimal_layers(module):
     """[(W, V, b, Phi, phi_b)] per layer (Phi, phi_b None without an embedding), and the MinimalRNN (or None)."""
-    from .layers import MinimalRNN
-
     if isinstance(module, MinimalRNNCell):
         return [(module.weight_hh, module.weight_ih, module.bias, None, None)], None
     if isinstance(module, MinimalRNN):
@@ -294,3 +300,111 @@ def module_chi(module, x: torch.Tensor, h0: torch.Tensor, *, layer: int = -1, ep
         raise MftrnnError("the perturbation vanished below round-off; raise eps or shorten x")
     t = np.arange(D.shape[0])
     return np.exp([np.polyfit(t[t_min:], np.log(D[t_min:, b]), 1)[0] for b in range(D.shape[1])])
+
+
+# ==================================================================== the mean-field initialisations of a module
+@dataclass(frozen=True)
+class MeanFieldInit:
+    r"""The mean-field initialisations of one module class, in one calling convention (what an experiment such as
+    :mod:`mftrnn.experiments.seqdigits` needs to treat every cell alike). Registered per class with
+    :func:`register_mean_field_init`, found with :func:`mean_field_init`.
+
+    * ``default(module) -> dict``: the mean-field hyperparameters of the module's own (construction) initialisation;
+    * ``critical(module, *, T, R, q_star, k, sigma_w, sigma_b, mu_b, orthogonal, generator) -> dict``: the critical
+      initialiser (each takes the arguments it uses: ``q_star`` for :math:`\chi = 1` at a fixed point, ``T, k`` for
+      a timescale :math:`\xi = kT`);
+    * ``explicit(module, sigma_w, sigma_v, sigma_b, mu_b, *, orthogonal, generator) -> dict``: given values;
+    * ``chooses``: the hyperparameters ``critical`` sets itself; ``refusal``: the message for a critical
+      initialisation given some of them (``{extra}``: the ones given);
+    * ``off_critical(critical_hyperparameters) -> [dict]``: the explicit ``sigma_w, sigma_v, sigma_b, mu_b`` of the
+      off-critical variants of a critical choice;
+    * ``cell_input(hyperparameters, R) -> dict``: the second moment ``R`` of the input the *cell* sees, when the
+      module's input has second moment ``R`` (and whatever else describes it).
+    """
+
+    default: Callable
+    critical: Callable
+    explicit: Callable
+    chooses: tuple
+    refusal: str
+    off_critical: Callable
+    cell_input: Callable
+
+
+_MEAN_FIELD: dict[type, MeanFieldInit] = {}
+
+
+def register_mean_field_init(torch_class: type, record: MeanFieldInit) -> None:
+    """Record the mean-field initialisations of ``torch_class`` (and its subclasses)."""
+    _MEAN_FIELD[torch_class] = record
+
+
+def mean_field_init(module) -> MeanFieldInit | None:
+    """The :class:`MeanFieldInit` of a module or module class, ``None`` when none is registered."""
+    cls = module if isinstance(module, type) else type(module)
+    return next((r for c, r in _MEAN_FIELD.items() if issubclass(cls, c)), None)
+
+
+def pytorch_rnn_default_hyperparameters(n_features: int, hidden: int) -> dict:
+    r"""Mean-field hyperparameters of PyTorch's :class:`torch.nn.RNN` default initialisation.
+
+    Every weight and both biases are :math:`\mathcal U(-a, a)` with :math:`a = 1/\sqrt N`, of variance
+    :math:`a^2/3 = 1/(3N)`.  Matching variances with :math:`W_{ij}\sim\mathcal N(0,\sigma_w^2/N)`,
+    :math:`V_{ij}\sim\mathcal N(0,\sigma_v^2/N_{in})` and :math:`b = b_{ih} + b_{hh}` of variance
+    :math:`\sigma_b^2`: :math:`\sigma_w^2 = 1/3`, :math:`\sigma_v^2 = N_{in}/(3N)`, :math:`\sigma_b^2 = 2/(3N)`.
+    """
+    return dict(sigma_w=math.sqrt(1.0 / 3.0), sigma_v=math.sqrt(n_features / (3.0 * hidden)),
+                sigma_b=math.sqrt(2.0 / (3.0 * hidden)), mu_b=0.0)
+
+
+#: the tanh RNN's off-critical variants: the critical sigma_w times these (chi < 1 and chi > 1)
+RNN_OFF_CRITICAL_FACTORS = (0.5, 2.0)
+
+
+def _rnn_explicit(rnn, sigma_w, sigma_v, sigma_b, mu_b, *, orthogonal, generator=None) -> dict:
+    """Layer 0 of a one-layer ``nn.RNN`` drawn by :func:`mftrnn.nets.nn.init_` (``bias_ih`` is :math:`b`,
+    ``bias_hh = 0``)."""
+    init_(SimpleNamespace(weight_hh=rnn.weight_hh_l0, weight_ih=rnn.weight_ih_l0, bias=rnn.bias_ih_l0),
+          sigma_w, sigma_v, sigma_b, mu_b, orthogonal=orthogonal, generator=generator)
+    rnn.bias_hh_l0.zero_()
+    return dict(sigma_w=sigma_w, sigma_v=sigma_v, sigma_b=sigma_b, mu_b=mu_b, orthogonal=orthogonal)
+
+
+register_mean_field_init(nn.RNN, MeanFieldInit(
+    default=lambda rnn: dict(pytorch_rnn_default_hyperparameters(rnn.input_size, rnn.hidden_size), orthogonal=False,
+                             distribution="uniform (PyTorch default)"),
+    critical=lambda rnn, *, T, R, q_star, k, sigma_w, sigma_b, mu_b, orthogonal, generator=None: critical_rnn_init_(
+        rnn, q_star=q_star, orthogonal=orthogonal, mu_b=mu_b or 0.0, sigma_b=sigma_b or 0.0, R=R, generator=generator),
+    explicit=_rnn_explicit,
+    chooses=("sigma_w", "sigma_v"),
+    refusal="the vanilla critical initialiser chooses sigma_w and sigma_v from q_star; give q_star (and optionally "
+            "sigma_b, mu_b)",
+    off_critical=lambda crit: [dict(sigma_w=f * crit["sigma_w"], sigma_v=crit["sigma_v"], sigma_b=0.0, mu_b=0.0)
+                               for f in RNN_OFF_CRITICAL_FACTORS],
+    cell_input=lambda hp, R: {"R": R},
+))
+
+
+def _minimal_critical(rnn, *, T, R, q_star, k, sigma_w, sigma_b, mu_b, orthogonal, generator=None) -> dict:
+    info = critical_minimal_init_(rnn, T=T, k=k, sigma_w=sigma_w, orthogonal=orthogonal, R=R, generator=generator)
+    return {**info, **{key: v for key, v in rnn.hyperparameters.items() if key not in info}}
+
+
+def _minimal_explicit(rnn, sigma_w, sigma_v, sigma_b, mu_b, *, orthogonal, generator=None) -> dict:
+    return init_minimal_rnn_(rnn, sigma_w, sigma_v, sigma_b, mu_b, orthogonal=orthogonal, generator=generator)
+
+
+register_mean_field_init(MinimalRNN, MeanFieldInit(
+    default=lambda rnn: dict(rnn.hyperparameters),  # the layer's own default, drawn at construction
+    critical=_minimal_critical,
+    explicit=_minimal_explicit,
+    chooses=("sigma_v", "sigma_b", "mu_b"),
+    refusal="the minimalRNN critical initialiser chooses {extra} itself; give only sigma_w (and k)",
+    # the gate's timescale left at its default (mu_b = 0)
+    off_critical=lambda crit: [dict(sigma_w=crit["sigma_w"], sigma_v=crit["sigma_v"], sigma_b=0.0, mu_b=0.0)],
+    # of z = Phi x + phi_b
+    cell_input=lambda hp, R: {"R": hp.get("sigma_phi", 1.0) ** 2 * R + hp.get("sigma_phib", 0.0) ** 2, "R_x": R},
+))
+
+__all__ += ["MeanFieldInit", "register_mean_field_init", "mean_field_init", "pytorch_rnn_default_hyperparameters",
+            "RNN_OFF_CRITICAL_FACTORS"]

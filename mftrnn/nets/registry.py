@@ -40,7 +40,7 @@ from torch import nn
 from ..cells.gated import GatedCell
 from ..cells.registry import Cell, cells, get_cell
 from ..errors import DomainError
-from .gated import TORCH_FUNCTIONS, DerivedCell, DerivedRNN, derived_module, implementations
+from .gated import TORCH_FUNCTIONS, DerivedRNN, derived_module, implementations
 from .layers import MinimalRNN, init_minimal_rnn_
 from .nn import MinimalRNNCell, VanillaRNNCell, _Cell
 

@@ -515,10 +515,7 @@ def step_jacobian_matrix(module, x: torch.Tensor, h: torch.Tensor) -> torch.Tens
     :math:`J=\operatorname{diag}(a)+\operatorname{diag}(b)\,W` with the coefficients :math:`a, b` derived
     symbolically from the cell's update rule (:func:`torch_coefficients`).
     """
-    try:
-        cell = step_cell_of(module)
-    except MftrnnError as exc:
-        raise ValueError(str(exc)) from None
+    cell = step_cell_of(module)  # a DomainError (a ValueError) for other modules
     with torch.no_grad():
         e = module.preactivation(x, h)
         a, b = _torch_coefficients(cell)(e, h, x)

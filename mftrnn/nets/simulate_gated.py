@@ -27,22 +27,43 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..cells.gated import GRU, LSTM, gate_hyperparameters
+from ..cells.gated import GatedCell, gate_hyperparameters
+from ..cells.registry import cells, get_cell
+from .gated import implementations
 
 __all__ = ["GatedSimulation", "simulate_gated", "measure_gated_chi", "make_gated_module",
            "draw_gated_weights_", "resolve_gated_hyperparameters"]
 
-_CELLS = {"lstm": LSTM, "gru": GRU}
-_MODULES = {"lstm": torch.nn.LSTMCell, "gru": torch.nn.GRUCell}
-
 
 # --------------------------------------------------------------------------- small pure helpers
+def _module_class(name: str):
+    """The registered torch one-step class of the gated cell ``name`` (``nn.LSTMCell``, ``nn.GRUCell``), or None."""
+    return next((i.torch_class for i in implementations(name) if issubclass(i.torch_class, torch.nn.RNNCellBase)),
+                None)
+
+
+def _simulated() -> tuple:
+    """The gated cells of the registry with a registered torch one-step class (read now): ``lstm``, ``gru``."""
+    return tuple(n for n in cells("gated") if _module_class(n) is not None)
+
+
 def _cell_name(cell) -> str:
-    """``"lstm"``/``"gru"`` (any case) or a :class:`~mftrnn.cells.gated.GatedCell` with that name."""
+    """The name (any case) of a gated cell with a torch one-step class, or a :class:`GatedCell` with that name."""
     name = cell if isinstance(cell, str) else getattr(cell, "name", None)
-    if not isinstance(name, str) or name.lower() not in _CELLS:
-        raise ValueError(f"unknown gated cell {cell!r}; expected 'lstm' or 'gru'")
+    known = _simulated()
+    if not isinstance(name, str) or name.lower() not in known:
+        raise ValueError(f"unknown gated cell {cell!r}; expected {' or '.join(map(repr, known))}")
     return name.lower()
+
+
+def _gated(cell) -> GatedCell:
+    return get_cell(_cell_name(cell))
+
+
+def _state_names(cell) -> list:
+    """Names of the carried states in the cell's order (``["c", "h"]`` for the LSTM), and the output's index."""
+    c = _gated(cell)
+    return [str(s) for s in c.states], c.new_states.index(c.output)
 
 
 def _check_int(name: str, value, minimum: int) -> int:
@@ -57,7 +78,7 @@ def resolve_gated_hyperparameters(cell, **hyperparameters) -> tuple[dict, float]
     Defaults sigma_w = sigma_v = 1, sigma_b = mu_b = 0, R = 1; a per-gate name (``mu_b_f``) overrides the
     shorthand (``mu_b``). Arrays are refused: the simulator runs one hyperparameter point at a time.
     """
-    gates, R = gate_hyperparameters(_CELLS[_cell_name(cell)], hyperparameters)
+    gates, R = gate_hyperparameters(_gated(cell), hyperparameters)
     if np.ndim(R) != 0:
         raise ValueError("simulate_gated takes scalar hyperparameters only")
     return {g: {k: float(v) for k, v in d.items()} for g, d in gates.items()}, float(R)
@@ -65,7 +86,7 @@ def resolve_gated_hyperparameters(cell, **hyperparameters) -> tuple[dict, float]
 
 def _block_stds(cell: str, gates: dict, N: int, N_in: int) -> tuple[list, list, list, list]:
     """Per-block (std of W_hh, std of W_ih, std of b_ih, mean of b_ih) in PyTorch gate order."""
-    order = _CELLS[cell].gates
+    order = _gated(cell).gates
     return ([gates[g]["sigma_w"] / math.sqrt(N) for g in order],
             [gates[g]["sigma_v"] / math.sqrt(N_in) for g in order],
             [gates[g]["sigma_b"] for g in order],
@@ -85,7 +106,7 @@ def _scaled_normal_(out: torch.Tensor, std: list, mean: list | None, gen: torch.
 
 def make_gated_module(cell, N: int, N_in: int, dtype=torch.float64, device="cpu") -> torch.nn.Module:
     """An uninitialised ``nn.LSTMCell(N_in, N)`` / ``nn.GRUCell(N_in, N)`` (fill it with :func:`draw_gated_weights_`)."""
-    return torch.nn.utils.skip_init(_MODULES[_cell_name(cell)], N_in, N, bias=True, dtype=dtype, device=device)
+    return torch.nn.utils.skip_init(_module_class(_cell_name(cell)), N_in, N, bias=True, dtype=dtype, device=device)
 
 
 @torch.no_grad()
@@ -112,12 +133,17 @@ def _generators(seed: int, n_networks: int, device) -> list[tuple[torch.Generato
 
 
 def _step(module, cell: str, x: torch.Tensor, state: tuple) -> tuple:
-    """One step of the real module. ``state`` is ``(c, h)`` for the LSTM, ``(h,)`` for the GRU; batch first."""
-    if cell == "lstm":
-        c, h = state
-        h_new, c_new = module(x, (h, c))
-        return c_new, h_new
-    return (module(x, state[0]),)
+    """One step of the real module. ``state`` is in the cell's order, ``(c, h)`` for the LSTM, ``(h,)`` for the GRU;
+    batch first. Torch's cells take and return the output state first (``nn.LSTMCell``: ``(h, c)``)."""
+    if len(state) == 1:
+        return (module(x, state[0]),)
+    _, k = _state_names(cell)
+    order = [k] + [i for i in range(len(state)) if i != k]
+    out = module(x, tuple(state[i] for i in order))
+    new = [None] * len(state)
+    for j, i in enumerate(order):
+        new[i] = out[j]
+    return tuple(new)
 
 
 class _Network:
@@ -189,8 +215,8 @@ def simulate_gated(cell, N: int = 1000, T: int = 100, *, tied: bool = True, seed
     N, T, n_networks = _check_int("N", N, 1), _check_int("T", T, 0), _check_int("n_networks", n_networks, 1)
     N_in = N if N_in is None else _check_int("N_in", N_in, 1)
     gates, R = resolve_gated_hyperparameters(cell, **hyperparameters)
-    lstm = cell == "lstm"
-    n_states = 2 if lstm else 1
+    names, out_k = _state_names(cell)
+    n_states = len(names)
     Q = np.zeros((n_states, n_networks, T + 1))
     M = np.zeros_like(Q)
     final = np.zeros((n_states, n_networks, N))
@@ -211,9 +237,10 @@ def simulate_gated(cell, N: int = 1000, T: int = 100, *, tied: bool = True, seed
             final[:, k] = torch.cat(state).cpu().numpy()
     params = {f"{kind}_{g}": v for g, d in gates.items() for kind, v in d.items()} | {"R": R}
     out = GatedSimulation(cell=cell, N=N, N_in=N_in, T=T, tied=tied, seed=seed, hyperparameters=params,
-                          Q_h=Q[-1], M_h=M[-1], h_final=final[-1])
-    if lstm:
-        out.Q_c, out.M_c, out.c_final = Q[0], M[0], final[0]
+                          Q_h=Q[out_k], M_h=M[out_k], h_final=final[out_k])
+    for j, name in enumerate(names):
+        if j != out_k:  # the LSTM's cell state c
+            setattr(out, f"Q_{name}", Q[j]), setattr(out, f"M_{name}", M[j]), setattr(out, f"{name}_final", final[j])
     return out
 
 
@@ -280,7 +307,8 @@ def measure_gated_chi(cell, N: int = 1000, T: int = 200, burn_in: int = 100, *, 
     N_in = N if N_in is None else _check_int("N_in", N_in, 1)
     gates, R = resolve_gated_hyperparameters(cell, **hyperparameters)
     dtype = torch.float64
-    n_states = 2 if cell == "lstm" else 1
+    states, out_k = _state_names(cell)
+    n_states = len(states)
     S = T - settle
     logs = np.zeros((n_states + 1, n_networks, S))     # rows: total, then per state (c, h) or (h,)
     frac_h, Qs = np.zeros(n_networks), np.zeros((n_states, n_networks))
@@ -304,7 +332,7 @@ def measure_gated_chi(cell, N: int = 1000, T: int = 200, burn_in: int = 100, *, 
                     j = t - settle
                     logs[0, k, j] = math.log(float(now.sum() / prev.sum()))
                     logs[1:, k, j] = torch.log(now / prev).cpu().numpy()
-                    fh += float(now[-1] / now.sum()) / S
+                    fh += float(now[out_k] / now.sum()) / S
                     q += _sq(tuple(s[:1] for s in state))[:, 0] / (N * S)
                 rescale = d0 / math.sqrt(float(now.sum()))
                 state = tuple(torch.cat([s[:1], s[:1] + rescale * d]) for s, d in zip(state, diff))
@@ -312,14 +340,15 @@ def measure_gated_chi(cell, N: int = 1000, T: int = 200, burn_in: int = 100, *, 
             frac_h[k], Qs[:, k] = fh, q.cpu().numpy()
     out = {"cell": cell, "N": N, "T": T, "burn_in": burn_in, "settle": settle, "tied": tied, "seed": seed,
            "n_networks": n_networks, "eps": eps}
-    names = ["", "_c", "_h"] if cell == "lstm" else ["", "_h"]
+    names = [""] + [f"_{s}" for s in states]
     for row, name in zip(logs, names):
         for est, fn in (("", _geometric), ("_arith", _arithmetic)):
             v, se, per = fn(row)
             out[f"chi{name}{est}"], out[f"chi{name}{est}_se"], out[f"chi{name}{est}_per_network"] = v, se, per
     out["h_fraction"] = float(frac_h.mean())
-    out["Q_h"] = float(Qs[-1].mean())
-    if cell == "lstm":
-        out["Q_c"] = float(Qs[0].mean())
-    out["log_ratios"] = dict(zip(["total", "c", "h"] if cell == "lstm" else ["total", "h"], logs))
+    out["Q_h"] = float(Qs[out_k].mean())
+    for j, s in enumerate(states):
+        if j != out_k:  # the LSTM's cell state c
+            out[f"Q_{s}"] = float(Qs[j].mean())
+    out["log_ratios"] = dict(zip(["total"] + states, logs))
     return out

@@ -34,7 +34,8 @@ import math
 
 import numpy as np
 
-from .simulate_gated import GatedSimulation, _cell_name, _check_int, resolve_gated_hyperparameters
+from ..cells.gated import GRU, LSTM
+from .simulate_gated import GatedSimulation, _cell_name, _check_int, _state_names, resolve_gated_hyperparameters
 
 __all__ = ["sample_untied", "chi_untied", "time_average"]
 
@@ -102,18 +103,25 @@ class _Untied:
         if d is not None:
             dh = d[-1]
             pair = ((h * dh).mean(axis=1, keepdims=True), (dh * dh).mean(axis=1, keepdims=True))
-        if self.cell == "lstm":
-            c = state[0]
-            F = {g: self.field(g, X, q, pair) for g in "ifgo"}
-            i, f, g, o = (F[k][0] for k in "ifgo")
-            c_new = _sig(f) * c + _sig(i) * np.tanh(g)
-            h_new = _sig(o) * np.tanh(c_new)
-            if d is None:
-                return (c_new, h_new), None
-            ib, fb, gb, ob = (F[k][0] + F[k][1] for k in "ifgo")
-            cb = _sig(fb) * (c + d[0]) + _sig(ib) * np.tanh(gb)
-            hb = _sig(ob) * np.tanh(cb)
-            return (c_new, h_new), (cb - c_new, hb - h_new)
+        return _STEPS[self.cell](self, state, d, X, q, pair)
+
+    def _lstm_step(self, state, d, X, q, pair):
+        """LSTM: c_t = sigmoid(f) c + sigmoid(i) tanh(g), h_t = sigmoid(o) tanh(c_t) (gates read h)."""
+        c = state[0]
+        F = {g: self.field(g, X, q, pair) for g in "ifgo"}
+        i, f, g, o = (F[k][0] for k in "ifgo")
+        c_new = _sig(f) * c + _sig(i) * np.tanh(g)
+        h_new = _sig(o) * np.tanh(c_new)
+        if d is None:
+            return (c_new, h_new), None
+        ib, fb, gb, ob = (F[k][0] + F[k][1] for k in "ifgo")
+        cb = _sig(fb) * (c + d[0]) + _sig(ib) * np.tanh(gb)
+        hb = _sig(ob) * np.tanh(cb)
+        return (c_new, h_new), (cb - c_new, hb - h_new)
+
+    def _gru_step(self, state, d, X, q, pair):
+        """GRU: h_t = (1 - z) tanh(e_nx + sigmoid(r) e_nh) + z h."""
+        h = state[-1]
         r, dr = self.field("r", X, q, pair)
         z, dz = self.field("z", X, q, pair)
         nx, _ = self.field("n", X, q, None if pair is None else (0 * q, 0 * q), recurrent=False)
@@ -127,6 +135,10 @@ class _Untied:
         return (h_new,), (hb - h_new,)
 
 
+#: the hand-written field samplers, by the name of the cell they sample (per-cell closed forms)
+_STEPS = {LSTM.name: _Untied._lstm_step, GRU.name: _Untied._gru_step}
+
+
 def _chunks(N: int, n_networks: int, seed: int):
     """(generator, networks in chunk) pairs; the chunking depends on N and n_networks only."""
     size = max(1, min(n_networks, _CHUNK_UNITS // N))
@@ -137,6 +149,8 @@ def _chunks(N: int, n_networks: int, seed: int):
 
 def _setup(cell, N, n_networks, N_in, hyperparameters):
     cell = _cell_name(cell)
+    if cell not in _STEPS:
+        raise ValueError(f"no untied field sampler for cell {cell!r} (only {', '.join(map(repr, _STEPS))})")
     N, n_networks = _check_int("N", N, 1), _check_int("n_networks", n_networks, 1)
     N_in = N if N_in is None else _check_int("N_in", N_in, 1)
     gates, R = resolve_gated_hyperparameters(cell, **hyperparameters)
@@ -154,7 +168,8 @@ def sample_untied(cell, N: int = 1000, T: int = 100, n_networks: int = 1, seed: 
     """
     cell, N, n_networks, N_in, gates, R = _setup(cell, N, n_networks, N_in, hyperparameters)
     T = _check_int("T", T, 0)
-    n_states = 2 if cell == "lstm" else 1
+    names, out_k = _state_names(cell)
+    n_states = len(names)
     Q = np.zeros((n_states, n_networks, T + 1))
     M = np.zeros_like(Q)
     final = np.zeros((n_states, n_networks, N))
@@ -174,9 +189,10 @@ def sample_untied(cell, N: int = 1000, T: int = 100, n_networks: int = 1, seed: 
         k0 += n
     params = {f"{kind}_{g}": v for g, d in gates.items() for kind, v in d.items()} | {"R": R}
     out = GatedSimulation(cell=cell, N=N, N_in=N_in, T=T, tied=False, seed=seed, hyperparameters=params,
-                          Q_h=Q[-1], M_h=M[-1], h_final=final[-1], extra={"sampler": "untied_fast"})
-    if cell == "lstm":
-        out.Q_c, out.M_c, out.c_final = Q[0], M[0], final[0]
+                          Q_h=Q[out_k], M_h=M[out_k], h_final=final[out_k], extra={"sampler": "untied_fast"})
+    for j, name in enumerate(names):
+        if j != out_k:  # the LSTM's cell state c
+            setattr(out, f"Q_{name}", Q[j]), setattr(out, f"M_{name}", M[j]), setattr(out, f"{name}_final", final[j])
     return out
 
 
@@ -204,7 +220,8 @@ def chi_untied(cell, N: int = 1000, T: int = 200, burn_in: int = 100, n_networks
         raise ValueError(f"settle ({settle}) must be smaller than T ({T})")
     if not 0 < eps < 1e-2:
         raise ValueError(f"eps must lie in (0, 1e-2), got {eps!r}")
-    n_states = 2 if cell == "lstm" else 1
+    states, _ = _state_names(cell)
+    n_states = len(states)
     S = T - settle
     ratios = np.zeros((n_networks, S))
     Qs = np.zeros((n_states, n_networks))
@@ -239,7 +256,7 @@ def chi_untied(cell, N: int = 1000, T: int = 200, burn_in: int = 100, n_networks
     out["chi"] = out["chi_geom"] = chi
     out["chi_se"] = out["chi_geom_se"] = float(chi * logs.std(ddof=1) / sqn) if n_networks > 1 else float("nan")
     out["chi_per_network"] = np.exp(logs)
-    names = ["Q_c", "Q_h"] if cell == "lstm" else ["Q_h"]
+    names = [f"Q_{s}" for s in states]
     for name, q in zip(names, Qs):
         out[name] = q
         out[name + "_mean"] = float(q.mean())

@@ -42,8 +42,10 @@ a jump of the least fixed point, not a crossing.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
+from typing import Callable
 
 import numpy as np
 import sympy as sp
@@ -571,3 +573,63 @@ def _step_moments(sigma_w, mu_b, fixed, orthogonal):
     from .jacobian import step_moments
 
     return step_moments("minimal", orthogonal=bool(orthogonal), sigma_w=sigma_w, mu_b=mu_b, **fixed)
+
+
+# --------------------------------------------------------------------------- the closed forms by cell
+@dataclasses.dataclass(frozen=True)
+class CriticalRecipe:
+    r"""One way of choosing a cell's hyperparameters by a closed form of this module (the table the command line
+    ``mftrnn critical`` reads: :func:`critical_recipes`).
+
+    ``key`` is the hyperparameter that selects the recipe (``q_star``, ``T``, ``sigma_w``), described by
+    ``metavar`` and ``meaning`` (``--KEY METAVAR (MEANING)``); ``integer``: it must be an integer >= 1.
+    ``function(value, **options)`` computes the choice, taking ``options`` (the other hyperparameters it accepts;
+    a recipe with ``weights`` also takes ``orthogonal``: its result depends on the recurrent weights' ensemble);
+    ``chosen`` says why the other options are refused; ``title(given, result)`` describes the result.
+    """
+
+    cell: str
+    key: str
+    metavar: str
+    meaning: str
+    function: Callable
+    options: tuple
+    chosen: str
+    title: Callable
+    integer: bool = False
+    weights: bool = False
+
+
+_RECIPES: dict[str, list] = {}
+
+
+def register_critical_recipe(recipe: CriticalRecipe) -> CriticalRecipe:
+    """Add a recipe for ``recipe.cell`` (tried in the order of registration)."""
+    _RECIPES.setdefault(recipe.cell, []).append(recipe)
+    return recipe
+
+
+def critical_recipes(cell: str | None = None) -> tuple:
+    """The :class:`CriticalRecipe` s of ``cell`` (empty when it has none), or of every cell."""
+    if cell is None:
+        return tuple(r for rs in _RECIPES.values() for r in rs)
+    return tuple(_RECIPES.get(cell, ()))
+
+
+register_critical_recipe(CriticalRecipe(
+    cell="vanilla", key="q_star", metavar="X",
+    meaning="the fixed point's pre-activation variance; chi = 1 fixes sigma_w and sigma_v",
+    function=vanilla_critical, options=("mu_b", "sigma_b", "R"),
+    chosen="(sigma_w and sigma_v are chosen; the critical line has xi = inf)",
+    title=lambda given, result: f"vanilla RNN on the critical line chi = 1 with q* = {given['q_star']:g}"))
+register_critical_recipe(CriticalRecipe(
+    cell="minimal", key="T", metavar="N", meaning="timescale xi = k T",
+    function=minimal_for_timescale, options=("k", "sigma_w", "sigma_v", "sigma_b", "R", "max_spread"),
+    chosen="with --T (mu_b is chosen for the timescale)",
+    title=lambda given, result: f"minimalRNN with timescale xi = k T = {result['k'] * result['T']:g}",
+    integer=True, weights=True))
+register_critical_recipe(CriticalRecipe(
+    cell="minimal", key="sigma_w", metavar="X", meaning="the chi = 1 boundary's mu_b",
+    function=minimal_critical_mu_b, options=("sigma_v", "sigma_b", "R"),
+    chosen="without --T (mu_b is chosen on chi = 1)",
+    title=lambda given, result: f"minimalRNN on the chi = 1 boundary at sigma_w = {given['sigma_w']:g}"))
