@@ -606,12 +606,12 @@ def _law_chi_q(st, hp, R, Q, law, K, mom) -> float:
     10^{-4}`."""
     import scipy.linalg as sla
 
+    new, G, _ = next(rr for rr in st.readouts if st.cell.previous_of(rr[0]) == st.read_state)
     if not Q > 0:
-        return np.nan
+        return _law_chi_q_at_zero(st, hp, R, law)
     g = K.grid
     n = g.M + 1
     h = 1e-3 * Q
-    new, G, _ = next(rr for rr in st.readouts if st.cell.previous_of(rr[0]) == st.read_state)
 
     def P_phi(Qx):
         Kx = _LawKernel(st, _field_moments(st, hp, R, Qx), g.M, g.S, law.m1)
@@ -624,6 +624,10 @@ def _law_chi_q(st, hp, R, Q, law, K, mom) -> float:
         d = lambda hh: (f(Q + hh) - f(Q - hh)) / (2 * hh)
         return (4 * d(h / 2) - d(h)) / 3
 
+    T2 = law.expect_tanh2()
+    if 1.0 - T2 <= 1e-12:
+        # tanh^2 c = 1 over the whole law (|c| >> 1): Q does not see the law, Q_t = E[G^2](Q_{t-1})
+        return float(abs(T2 * slope(EG2)))
     u, dE = slope(P_phi), slope(EG2)
     P = K.matrix(sp.S.One, 0)
     a, b = parseval_weights(g, sech2_transform, law.m1)
@@ -633,7 +637,7 @@ def _law_chi_q(st, hp, R, Q, law, K, mom) -> float:
     Z[:n, -1], Z[n:2 * n, -1] = u.real, u.imag
     lin = -np.concatenate([a, b]) / np.pi
     Z[-1, :] = EG2(Q) * (lin @ Z[:2 * n, :])
-    Z[-1, -1] += law.expect_tanh2() * dE
+    Z[-1, -1] += T2 * dE
     zero, e0 = np.zeros(n), np.eye(n)[0]
     D3 = g.D2 @ g.D
     C = np.array([np.concatenate(r) for r in (
@@ -645,21 +649,41 @@ def _law_chi_q(st, hp, R, Q, law, K, mom) -> float:
     w, vl, vr = sla.eig(basis.T @ Z @ basis, left=True, right=True)
     eQ = basis[-1, :]
     residue = np.abs((eQ @ vr) * (eQ @ vl.conj()) / np.einsum("ij,ij->j", vl.conj(), vr))
-    seen = residue > 1e-10 * residue.max()
+    seen = residue > 1e-10  # the residues sum to 1 (e_Q' e_Q): an absolute scale
     return float(np.max(np.abs(w[seen])))
 
 
+def _law_chi_q_at_zero(st, hp, R, law) -> float:
+    r""":math:`\chi_q` at :math:`Q^* = 0` (no input or bias noise reaches the cell state: the law is a point mass at
+    0). For small :math:`Q`, :math:`\tanh^2 c = c^2 + O(c^4)`, so :math:`Q_t = \mathbb E[G^2]\,(\mathbb E[A^2]\,
+    \overline{c^2}_{t-1} + \partial_Q\mathbb E[B^2]\,Q_{t-1})` and :math:`\overline{c^2}_t` obeys the bracket: a
+    rank-one 2x2 map whose non-zero eigenvalue is :math:`\mathbb E[A^2] + \mathbb E[G^2]\,\partial_Q\mathbb E[B^2]`
+    (the slope one-sided, Richardson-extrapolated). Refused (NaN, hence an error upstream) when the law at 0 is not
+    a point mass at 0."""
+    if law.m2 > 0 or law.m1 != 0:
+        return np.nan
+    new, G, _ = next(rr for rr in st.readouts if st.cell.previous_of(rr[0]) == st.read_state)
+    mom0 = _field_moments(st, hp, R, 0.0)
+    EB2 = lambda Qx: _E(st.B**2, st, _field_moments(st, hp, R, Qx))
+    h = 1e-6
+    slope = 2 * EB2(h / 2) / (h / 2) - EB2(h) / h  # E[B^2](0) = 0; Richardson on the one-sided difference
+    return float(_E(st.A**2, st, mom0) + _E(G**2, st, mom0) * slope)
+
+
 def _law_chi_q_checked(st, hp, R, Q, law, K, mom) -> float:
-    """:func:`_law_chi_q` on the law's grid and on the next coarser one; they must agree to 1e-6 (absolute;
-    measured differences are 1e-10 to 1e-7), else :class:`~mftrnn.ConvergenceError`.
-    The finer grid's value is returned."""
+    """:func:`_law_chi_q` on the law's grid and on the next coarser one; they must agree to 1e-5 (absolute;
+    measured differences are 1e-10 to 2e-6 over the book's phase diagram, the coarser grid being the less accurate),
+    else :class:`~mftrnn.ConvergenceError`. The finer grid's value is returned; near chi_q = 0.99 an error of 1e-5
+    is 0.1% of the timescale xi_q."""
     chi_q = _law_chi_q(st, hp, R, Q, law, K, mom)
     coarser = [M for M in _M_GRIDS if M < K.grid.M]
     M2 = coarser[-1] if coarser else _M_GRIDS[1]
     K2 = _LawKernel(st, mom, M2, K.grid.S, law.m1)
     law2 = StationaryLaw(K2.grid, solve_characteristic(K2.matrix(sp.S.One, 0)), law.m1, law.m2, law.error)
     chi_q2 = _law_chi_q(st, hp, R, Q, law2, K2, mom)
-    if not abs(chi_q2 - chi_q) <= 1e-6:
+    if Q == 0 and np.isfinite(chi_q):
+        return chi_q  # the closed form of _law_chi_q_at_zero: no grid involved
+    if not abs(chi_q2 - chi_q) <= 1e-5:
         raise ConvergenceError(f"cell {st.cell.name!r}: chi_q is not resolved by the grid ({chi_q:.12g} on "
                                f"{K.grid.M + 1} points, {chi_q2:.12g} on {M2 + 1})")
     return chi_q if M2 < K.grid.M else chi_q2
@@ -735,7 +759,7 @@ def _timescale(chi):
     return 0.0 if chi <= 0 else -1.0 / np.log(chi)
 
 
-def _point(st: Structure, hp: dict, R: float, closure: str) -> dict:
+def _point(st: Structure, hp: dict, R: float, closure: str, with_chi_q: bool = True) -> dict:
     """All quantities at one point of scalar hyperparameters."""
     cell = st.cell
     out = {}
@@ -803,7 +827,7 @@ def _point(st: Structure, hp: dict, R: float, closure: str) -> dict:
         out["M"] = m1
         out["mom"] = mom
         out["multistable"] = multi
-        out["chi_q"] = None if gaussian else _law_chi_q_checked(st, hp, R, Q, law, K, mom)
+        out["chi_q"] = None if gaussian or not with_chi_q else _law_chi_q_checked(st, hp, R, Q, law, K, mom)
     return out
 
 
@@ -816,6 +840,10 @@ def gated_fixed_point(cell, *, closure: str = "exact", **hyperparameters) -> Gat
     ``closure="gaussian"`` replaces the law of the LSTM cell state by a Gaussian of the same mean and variance (an
     approximation, reported as such; no :math:`\chi`). Which fixed point: the least root of the variance map
     (reached from a zero state); ``multistable`` flags points where the scan saw more than one.
+
+    Arrays of more than one point go to the batched engine (:mod:`mftrnn.theory.gated_grid`; same numbers to
+    5e-10); for law cells (``nn.LSTM``) it does not compute :math:`\chi_q`, so ``chi_q`` and ``xi_q`` are ``None``
+    there: call with scalar hyperparameters for them.
     """
     from ..cells.registry import get_cell  # the one registry
     cell = get_cell(cell)
@@ -828,9 +856,11 @@ def gated_fixed_point(cell, *, closure: str = "exact", **hyperparameters) -> Gat
     if np.any(R < 0):
         raise DomainError("R must be non-negative")
     shape = R.shape
+    batched = False
     if R.size > 1 and closure == "exact":
         # arrays: the batched engine (law cells solved together; other cells the loop below, in gated_grid)
-        from .gated_grid import grid_points
+        from .gated_grid import _layout, grid_points
+        batched = st.kind == "law" and _layout(st) is not None
         pts = grid_points(st, hp, R, closure)
     else:
         pts = []
@@ -859,7 +889,7 @@ def gated_fixed_point(cell, *, closure: str = "exact", **hyperparameters) -> Gat
                        else "Gaussian closure of the cell state (approximation)"),
         law_error=arr(lambda p: p.get("law_error", 0.0)),
     )
-    if not no_chi:
+    if not no_chi and not batched:  # the batched engine has no chi_q for law cells: None, not NaN
         res.chi_q = arr(lambda p: p["chi_q"])
         res.xi_q = _vec_timescale(np.abs(res.chi_q))
     return res
