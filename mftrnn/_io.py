@@ -10,7 +10,10 @@ import os
 import tempfile
 from typing import Callable
 
-__all__ = ["atomic_write"]
+__all__ = ["atomic_write", "TEMP_PATTERN"]
+
+TEMP_PATTERN = ".{name}.XXXXXXXX.tmp"
+"""Name of the temporary file of a destination ``name`` (``XXXXXXXX``: eight of ``[a-z0-9_]``, from ``mkstemp``)."""
 
 
 def atomic_write(path: str | os.PathLike, write: Callable) -> None:
@@ -18,7 +21,10 @@ def atomic_write(path: str | os.PathLike, write: Callable) -> None:
 
     Missing parent folders are created. The file gets the permissions the umask gives a new file (``mkstemp``
     alone would leave it readable by its owner only). On any error the temporary file is removed and the
-    previous content of ``path``, if any, is untouched.
+    previous content of ``path``, if any, is untouched.  Only a process killed while writing (SIGKILL, power
+    loss) leaves its temporary file, ``.NAME.XXXXXXXX.tmp`` (:data:`TEMP_PATTERN`); the experiments remove those
+    of their outputs when they next start, under their output lock
+    (:func:`mftrnn.experiments.harness.clean_stale_temps`).
     """
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))

@@ -9,6 +9,12 @@ Examples::
 Every input error (unknown cell, bad hyperparameter, malformed grid, unwritable output,
 non-converging fixed point) is reported as one line ``mftrnn: error: ...`` on stderr with a
 non-zero exit status.
+
+Exit status: 0 success; 1 an input error (``mftrnn: error: ...``, one line); 2 a usage error found by argparse
+(unknown option, missing argument: its usage block, then ``mftrnn ...: error: ...``); 3 an internal error (a bug:
+one line, ``MFTRNN_DEBUG=1`` for the traceback); 130 interrupted. Sizes are checked before anything is allocated
+(phase-diagram grids of at most ``MAX_GRID_POINTS`` points, ``spectrum --T`` up to 2^53 at a cost independent of
+T, the mu_b scans of ``critical minimal``).
 """
 
 from __future__ import annotations
@@ -17,12 +23,14 @@ import argparse
 import json
 import math
 import os
+import re
 import sys
 from typing import Sequence
 
 import numpy as np
 
 from .._io import atomic_write
+from ..theory.phase_diagram import MAX_GRID_POINTS as _MAX_GRID_POINTS
 from ..theory.phase_diagram import compute_grid, plot_phase_diagram
 
 from ..theory.fixed_point import DEFAULTS, NONNEGATIVE  # one source for defaults and domains
@@ -53,7 +61,7 @@ RESULT_DESCRIPTIONS = {
     "M_star": "mean of the carried state",
 }
 EXTENSIONS = (".npz", ".png")
-MAX_GRID_POINTS = 2 ** 24
+MAX_GRID_POINTS = _MAX_GRID_POINTS  # a phase diagram has at most this many points (checked before allocating)
 
 
 class CliError(Exception):
@@ -94,6 +102,24 @@ def _add_hyperparameters(p: argparse.ArgumentParser) -> None:
                             "e.g. --mu-b-f 3: forget-gate bias mean (all --{sigma-w,sigma-v,sigma-b,mu-b}-K)")
 
 
+#: what argparse should read as a (negative) number, not as an option: -1, -.5, -1e3, -1E-3, -inf, -nan
+_NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*([eE][+-]?\d+)?|\.\d+([eE][+-]?\d+)?|inf|infinity|nan)$", re.IGNORECASE)
+
+
+def _accept_negative_numbers(parser: argparse.ArgumentParser) -> None:
+    """Let ``--mu-b -1e3`` and ``--mu-b -inf`` reach the value checks: argparse's own pattern for negative numbers
+    (``-1``, ``-1.5``) misses exponents and inf/nan, and takes such a value for an unknown option ("expected one
+    argument"). Applied to the parser and every subparser (none of their options looks like a number)."""
+    parsers = [parser]
+    while parsers:
+        p = parsers.pop()
+        if hasattr(p, "_negative_number_matcher"):
+            p._negative_number_matcher = _NEGATIVE_NUMBER
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                parsers.extend(action.choices.values())
+
+
 def _build_parser(full_lm: bool = False) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mftrnn",
@@ -127,6 +153,7 @@ def _build_parser(full_lm: bool = False) -> argparse.ArgumentParser:
     _add_critical_parser(sub)
     _add_spectrum_parser(sub)
     _add_lm_parser(sub, full_lm)
+    _accept_negative_numbers(parser)
     return parser
 
 
@@ -200,8 +227,8 @@ def _fixed_params(args: argparse.Namespace, exclude: Sequence[str] = ()) -> dict
     return params
 
 
-def parse_axis(spec: str, option: str, allowed: Sequence[str] = PARAMS) -> tuple[str, np.ndarray]:
-    """Parse ``NAME:START:STOP:NUM`` into ``(NAME, linspace(START, STOP, NUM))``; NAME one of ``allowed``."""
+def _axis_spec(spec: str, option: str, allowed: Sequence[str] = PARAMS) -> tuple[str, float, float, int]:
+    """Check ``NAME:START:STOP:NUM`` and return ``(NAME, START, STOP, NUM)``; allocates nothing."""
     parts = spec.split(":")
     if len(parts) != 4:
         raise CliError(f"{option} {spec!r}: expected NAME:START:STOP:NUM")
@@ -221,10 +248,21 @@ def parse_axis(spec: str, option: str, allowed: Sequence[str] = PARAMS) -> tuple
         raise CliError(f"{option} {spec!r}: START and STOP must be finite")
     if num < 2:
         raise CliError(f"{option} {spec!r}: NUM must be >= 2")
+    if num > MAX_GRID_POINTS // 2:
+        raise CliError(f"{option} {spec!r}: NUM must be <= {MAX_GRID_POINTS // 2} (the grid holds at most "
+                       f"{MAX_GRID_POINTS} points)")
     if not start < stop:
         raise CliError(f"{option} {spec!r}: START must be < STOP")
     if (name in NONNEGATIVE or name.startswith("sigma_")) and start < 0:
         raise CliError(f"{option} {spec!r}: {name} must be >= 0")
+    return name, start, stop, num
+
+
+def parse_axis(spec: str, option: str, allowed: Sequence[str] = PARAMS) -> tuple[str, np.ndarray]:
+    """Parse ``NAME:START:STOP:NUM`` into ``(NAME, linspace(START, STOP, NUM))``; NAME one of ``allowed``.
+
+    NUM is checked (at most ``MAX_GRID_POINTS // 2``) before the axis is built."""
+    name, start, stop, num = _axis_spec(spec, option, allowed)
     return name, np.linspace(start, stop, num)
 
 
@@ -237,6 +275,8 @@ def _check_output(path: str) -> tuple[str, str]:
     directory = os.path.dirname(os.path.abspath(path))
     if os.path.isdir(path):
         raise CliError(f"--out {path!r} is a directory")
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        raise CliError(f"--out {path!r}: {directory!r} is not a directory")
     if not os.path.isdir(directory):
         raise CliError(f"--out {path!r}: directory {directory!r} does not exist")
     if not os.access(directory, os.W_OK | os.X_OK):
@@ -359,15 +399,16 @@ def cmd_phase_diagram(args: argparse.Namespace) -> int:
     cell = _check_cell(args.cell)
     gated = _is_gated(cell)
     allowed = PARAMS + (hyperparameter_names(mftrnn.get_cell(cell)) if gated else ())
-    x_name, x = parse_axis(args.x, "--x", allowed)
-    y_name, y = parse_axis(args.y, "--y", allowed)
+    x_name, x0, x1, nx = _axis_spec(args.x, "--x", allowed)
+    y_name, y0, y1, ny = _axis_spec(args.y, "--y", allowed)
     if x_name == y_name:
         raise CliError(f"--x and --y use the same hyperparameter {x_name!r}")
     for name in (x_name, y_name):
-        if getattr(args, name) is not None:
+        if getattr(args, name, None) is not None:
             raise CliError(f"{name} is a grid axis; do not also give --{name.replace('_', '-')}")
-    if len(x) * len(y) > MAX_GRID_POINTS:
-        raise CliError(f"grid of {len(x)} x {len(y)} points is too large (at most {MAX_GRID_POINTS})")
+    if nx * ny > MAX_GRID_POINTS:  # checked before any array is built
+        raise CliError(f"grid of {nx} x {ny} points is too large (at most {MAX_GRID_POINTS})")
+    x, y = np.linspace(x0, x1, nx), np.linspace(y0, y1, ny)
     if gated:
         fixed = _gate_params(args, cell, exclude=(x_name, y_name))
     else:
@@ -466,6 +507,8 @@ def cmd_digits(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
             raise CliError("--sweep PRESET takes --out-dir, not --out or --preset")
         if args.out_dir is None:
             raise CliError("--sweep needs --out-dir DIR")
+        if os.path.exists(args.out_dir) and not os.path.isdir(args.out_dir):
+            raise CliError(f"--out-dir {args.out_dir!r} is not a folder")
         fixed = [f for f in ("cell", "init", "weights", "sigma_w", "sigma_v", "sigma_b", "mu_b", "seed") if f in given]
         if fixed:
             raise CliError(f"--sweep chooses {', '.join('--' + f.replace('_', '-') for f in fixed)} itself"
@@ -484,6 +527,8 @@ def cmd_digits(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
         raise CliError("--out-dir and --seeds belong to --sweep; a single run takes --out FILE.json")
     if args.out is None:
         raise CliError("give --out FILE.json (one run) or --sweep PRESET --out-dir DIR")
+    from ..experiments.harness import check_output
+    check_output(args.out, "result file", "--out")  # before anything else: a missing folder is one line, at once
     preset = args.preset or "cpu"
     if preset not in sd.PRESETS:
         raise CliError(f"unknown preset {preset!r}; choose one of {', '.join(sd.PRESETS)}")
@@ -641,6 +686,11 @@ SPECTRUM_DESCRIPTIONS = {
     "relative_variance_step": "r: one step's variance / chi^2",
     "q_star": "pre-activation variance q* at the fixed point",
     "Q_star": "hidden-state norm Q* = |h|^2/N",
+    "log_mean": "ln(mean) = T ln chi (finite where mean under/overflows)",
+    "log_variance": "ln(variance)",
+    "log_m2": "ln(m2)",
+    "log_variance_independent": "ln(variance_independent)",
+    "log_relative_variance_independent": "ln(relative_variance_independent)",
 }
 
 
@@ -653,19 +703,26 @@ def _add_spectrum_parser(sub) -> None:
                     "--out FILE.png plots the density.")
     sp_.add_argument("cell", metavar="CELL", help="cell name (vanilla or minimal)")
     _add_hyperparameters(sp_)
-    sp_.add_argument("--T", dest="T", required=True, metavar="N", help="number of steps of the product (>= 1)")
+    sp_.add_argument("--T", dest="T", required=True, metavar="N",
+                     help="number of steps of the product (1 to 2^53; the cost does not grow with T; values "
+                          "outside the float range are reported as log_* only)")
     sp_.add_argument("--orthogonal", action="store_true", help="W = sigma_w O with O Haar orthogonal")
     sp_.add_argument("--json", action="store_true", help="print one JSON object")
     sp_.add_argument("--out", default=None, metavar="FILE.png", help="plot the spectral density into a .png")
 
 
 def _parse_T(text: str) -> int:
+    from ..theory.jacobian import MAX_T
+    shown = text if len(text) <= 40 else text[:37] + "..."
     try:
         value = float(text)
-    except (TypeError, ValueError):
-        raise CliError(f"--T must be an integer >= 1, got {text!r}") from None
+    except (TypeError, ValueError, OverflowError):
+        raise CliError(f"--T must be an integer >= 1, got {shown!r}") from None
     if not math.isfinite(value) or value != int(value) or value < 1:
-        raise CliError(f"--T must be an integer >= 1, got {text!r}")
+        raise CliError(f"--T must be an integer >= 1, got {shown!r}")
+    if value > MAX_T:
+        raise CliError(f"--T must be at most 2^53 = {MAX_T} (the moments cost O(log T) steps; beyond that a float "
+                       f"does not hold every integer), got {shown!r}")
     return int(value)
 
 
@@ -707,6 +764,8 @@ def cmd_spectrum(args: argparse.Namespace) -> int:
     import mftrnn
 
     cell = _check_cell(args.cell)
+    if not _is_gated(cell):
+        _refuse_gate_options(args, cell)  # (a gated cell is refused by product_moments with its own message)
     params = _fixed_params(args)
     T = _parse_T(args.T)
     if args.out is not None:
@@ -714,12 +773,22 @@ def cmd_spectrum(args: argparse.Namespace) -> int:
             raise CliError(f"--out {args.out!r}: the density plot is written as .png")
         _check_output(args.out)
     result = mftrnn.product_moments(cell, T, orthogonal=args.orthogonal, **params)
+    clean = {}
     for key, value in result.items():
-        if isinstance(value, float) and not math.isfinite(value):
+        if isinstance(value, float) and math.isnan(value):
             raise CliError(f"spectrum gave {key} = {value} for {_describe(params)}, T={T}")
+        if isinstance(value, float) and math.isinf(value):
+            if not key.startswith("log_"):
+                raise CliError(f"spectrum gave {key} = {value} for {_describe(params)}, T={T}")
+            value = None  # the log of an exact 0 (-inf): JSON null
+        clean[key] = value
+    result = clean
     out = {"cell": cell, **params, "T": T, "orthogonal": bool(args.orthogonal)}
     out.update(result)
     if args.out is not None:
+        if result["mean"] is None or result["variance"] is None:
+            raise CliError(f"--out: the mean chi^T = exp({result['log_mean']:.6g}) of the {T}-step spectrum is "
+                           "outside the float range; use --json for its moments in log form")
         _save_spectrum_png(args.out, cell, T, bool(args.orthogonal), params, result)
     if args.json:
         print(json.dumps(out, allow_nan=False))
@@ -735,7 +804,16 @@ def cmd_spectrum(args: argparse.Namespace) -> int:
     print()
     for key, value in result.items():
         if key in SPECTRUM_DESCRIPTIONS:
-            print(f"  {key:<{width}}  {_fmt(value):>16}  {SPECTRUM_DESCRIPTIONS[key]}")
+            note = SPECTRUM_DESCRIPTIONS[key]
+            if value is None:
+                shown = "-inf" if key.startswith("log_") else "(see log_)"
+                if not key.startswith("log_"):
+                    note += f"; outside the float range, log_{key} gives it"
+                else:
+                    note += " (the value is exactly 0)"
+            else:
+                shown = _fmt(value)
+            print(f"  {key:<{width}}  {shown:>16}  {note}")
     return 0
 
 

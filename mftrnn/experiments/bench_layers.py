@@ -27,19 +27,15 @@ import torch
 from torch import nn
 
 from ..nets.layers import BACKENDS, MinimalRNN
+from .harness import resolve_device as _harness_resolve_device
 
 __all__ = ["resolve_device", "make_models", "time_step", "run_benchmark", "main"]
 
 
 def resolve_device(name: str) -> torch.device:
-    """``torch.device(name)``; ValueError for a CUDA device when CUDA is unavailable."""
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} requested but CUDA is not available "
-                         f"(torch {torch.__version__}); use --device cpu")
-    if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"device must be cpu or cuda, got {name!r}")
-    return device
+    """``torch.device(name)`` for cpu or cuda[:i]; ValueError (:class:`mftrnn.MftrnnError`, one line) for an unknown
+    device, or for CUDA when CUDA is unavailable (:func:`mftrnn.experiments.harness.resolve_device`)."""
+    return _harness_resolve_device(name)
 
 
 def make_models(hidden: int, layers: int, device, backend: str = "function", embed: bool = True) -> dict:

@@ -135,8 +135,9 @@ class Corpus:
 # --------------------------------------------------------------------------------------------------------
 
 def _repo_root() -> Path:
-    """The parent of the package folder (the repository root for an editable install)."""
-    return Path(__file__).resolve().parent.parent
+    """The parent of the package folder (the repository root for an editable install); this file lives in
+    ``<root>/mftrnn/experiments/``."""
+    return Path(__file__).resolve().parents[2]
 
 
 def candidate_data_dirs(data_dir: str | os.PathLike | None = None) -> list[Path]:
@@ -187,8 +188,8 @@ def _missing_message(name: str, missing: list[str], folder: Path, candidates: li
     return (
         f"{name} data not found: missing {files} in {folder / name} (searched: {searched}). "
         f"Point the environment variable {ENV_VAR} at the folder that contains '{name}/' "
-        f"(e.g. export {ENV_VAR}=/path/to/shared/data) or pass data_dir=...; "
-        f"or call load_corpus({name!r}, download=True) to fetch the canonical files from {url} "
+        f"(e.g. export {ENV_VAR}=/path/to/shared/data) or pass --data-dir DIR (data_dir=...); "
+        f"or pass --download (download=True) to fetch the canonical files from {url} "
         f"into {folder / name} and verify their sha256."
     )
 
@@ -201,7 +202,8 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-_HINT_FILE = "the file is corrupt or truncated: delete it and restore it (or re-fetch it with download=True)"
+_HINT_FILE = ("the file is corrupt or truncated: delete it and restore it (or re-fetch it with --download, "
+              "download=True)")
 _HINT_DOWNLOAD = "nothing was written; the server's copy differs from the expected one"
 
 
@@ -273,8 +275,8 @@ def _download(name: str, filename: str, folder: Path) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
         _write_atomic(data, dest)
     except OSError as exc:
-        raise DataError(f"cannot write {dest}: {exc}; choose a writable folder with data_dir=... "
-                        f"or {ENV_VAR}") from None
+        raise DataError(f"cannot write {dest}: {exc}; choose a writable folder with --data-dir "
+                        f"(data_dir=...) or {ENV_VAR}") from None
     return dest
 
 

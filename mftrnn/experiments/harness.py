@@ -1,6 +1,24 @@
 """One run harness for the experiments: provenance (device, git state, versions, UTC dates), atomic JSON results
-and checkpoints (written to a temporary file and renamed, so a killed run never leaves a half-written file; read
-back with one clear error). :mod:`mftrnn.experiments.lm` and :mod:`mftrnn.experiments.seqdigits` use it instead of copies of their own.
+and verified checkpoints, output checks and locks, shared by :mod:`mftrnn.experiments.lm` and
+:mod:`mftrnn.experiments.seqdigits` (they use it instead of copies of their own).
+
+Run safety, in the order a run meets it:
+
+* :func:`resolve_device` turns ``"cpu"``/``"cuda[:i]"`` into a device, or one clear error.
+* :func:`check_output` refuses, before any work, an output whose folder does not exist (nothing is created) or
+  that is a folder.
+* :class:`RunLock` takes an exclusive lock (``filelock``, an OS-level ``flock`` released by the kernel when the
+  process dies, so a killed run never leaves a stale lock) on the result file and on the checkpoint, through a
+  hidden lock file beside each (``.NAME.lock``, which also proves the folder writable).  A second run on the same
+  output or checkpoint is refused at once with a message naming the holder (its output, process id, start time).
+  Under the lock, temporary files that a killed writer of the same destinations left behind
+  (``.NAME.XXXXXXXX.tmp``, see :func:`mftrnn._io.atomic_write`) are removed (:func:`clean_stale_temps`): no live
+  writer can own them, since every writer of those files holds the lock.
+* Results are written atomically (:func:`write_json_atomic`); checkpoints too (:func:`save_checkpoint`), with an
+  integrity record inside: the sha256 of their content (:func:`content_digest`: every tensor's dtype, shape and
+  bytes, every plain value) and the list of their keys.  :func:`load_checkpoint` verifies the zip container's
+  CRCs, the record and the keys the caller requires, and turns any damage into one clear
+  :class:`~mftrnn.MftrnnError` that says which file to delete to start the run again.
 
 The git state is recorded when the package runs from a checkout and is ``None`` otherwise (an installed wheel
 works without git).
@@ -8,11 +26,19 @@ works without git).
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
+import math
 import os
 import platform
+import re
+import socket
 import subprocess
+import threading
+import zipfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
 import torch
 
@@ -20,7 +46,8 @@ from ..errors import MftrnnError
 from .._io import atomic_write
 
 __all__ = ["device_name", "git_state", "utc_now", "provenance", "write_json_atomic", "save_checkpoint",
-           "load_checkpoint"]
+           "load_checkpoint", "content_digest", "resolve_device", "check_output", "RunLock", "clean_stale_temps",
+           "CheckpointEvery", "parse_checkpoint_every", "check_checkpoint_every_s", "INTEGRITY_KEY"]
 
 
 def device_name(device) -> str:
@@ -67,21 +94,350 @@ def provenance(device="cpu", command: str | None = None) -> dict:
                 threads=torch.get_num_threads(), date_utc=utc_now())
 
 
+# --------------------------------------------------------------------------------------------------------
+# Devices and outputs
+# --------------------------------------------------------------------------------------------------------
+
+def resolve_device(name) -> torch.device:
+    """``torch.device(name)`` for ``"cpu"`` or ``"cuda[:i]"``; :class:`~mftrnn.MftrnnError` (a ``ValueError``)
+    with one line for anything else, or for CUDA without a CUDA build or device."""
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        raise MftrnnError(f"unknown device {str(name)!r}; use cpu or cuda[:i] (--device)") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise MftrnnError(f"device must be cpu or cuda[:i], got {str(name)!r} (--device)")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise MftrnnError(f"device {str(name)!r} requested but CUDA is not available "
+                              f"(torch {torch.__version__}); use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise MftrnnError(f"device {str(name)!r}: there are only {torch.cuda.device_count()} CUDA device(s)")
+    return dev
+
+
+def check_output(path, what: str = "result file", option: str = "--out", create_folder: bool = False) -> Path:
+    """Refuse (:class:`~mftrnn.MftrnnError`) an output whose folder is missing or not a folder, or that is itself
+    a folder; return it as a :class:`~pathlib.Path`.  Nothing is created, unless ``create_folder`` (for scratch
+    files such as an explicit checkpoint path: a recorded command whose checkpoint folder in ``/tmp`` is gone
+    still runs).  (That the folder is writable is proved by :class:`RunLock`, which creates its lock file there
+    before any work.)"""
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    if create_folder and not parent.is_dir():
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise MftrnnError(f"cannot create the folder {str(parent)!r} of the {what} {str(path)!r} "
+                              f"({exc.strerror or exc}); choose another {option}") from None
+    if not parent.exists():
+        raise MftrnnError(f"folder {str(parent)!r} of the {what} {str(path)!r} does not exist; create it or "
+                          f"choose another {option}")
+    if not parent.is_dir():
+        raise MftrnnError(f"{str(parent)!r} (the folder of the {what} {str(path)!r}) is not a folder; choose "
+                          f"another {option}")
+    if path.is_dir():
+        raise MftrnnError(f"the {what} {str(path)!r} is a folder; give a file name ({option})")
+    return path
+
+
+_TEMP_CHARS = "[a-z0-9_]{8}"  # tempfile.mkstemp's random part
+
+
+def clean_stale_temps(path) -> list[Path]:
+    """Remove the temporary files :func:`mftrnn._io.atomic_write` left beside ``path`` (``.NAME.XXXXXXXX.tmp``)
+    when its process was killed while writing; return them.  Call it only while no other process can be writing
+    ``path`` (under :class:`RunLock`)."""
+    path = Path(path)
+    pattern = re.compile(rf"^\.{re.escape(path.name)}\.{_TEMP_CHARS}\.tmp$")
+    removed = []
+    try:
+        entries = list(os.scandir(path.parent if str(path.parent) else "."))
+    except OSError:
+        return removed
+    for entry in entries:
+        if pattern.match(entry.name) and entry.is_file(follow_symlinks=False):
+            try:
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+            except FileNotFoundError:
+                pass
+    return removed
+
+
+_HELD: dict = {}  # (lock file, thread id) -> number of RunLock holds in this process
+
+
+def _lock_path(path: Path) -> Path:
+    return path.parent / f".{path.name}.lock"
+
+
+class RunLock:
+    """Exclusive locks on a run's files (result, checkpoint), taken without waiting.
+
+    ``RunLock(paths, output=..., command=...)`` locks every path of ``paths`` (``None`` entries are skipped)
+    through ``.NAME.lock`` beside it; use it as a context manager, or call :meth:`acquire` and :meth:`release`.
+    The same thread may lock a path again (nested holds, e.g. a command line that locks before loading data and
+    then calls ``train``); another thread or process may not.
+    The lock file records the holder (process id, host, its output, command, start time); a second run that finds
+    a path locked gets :class:`~mftrnn.MftrnnError` naming that holder.  Once locked, stale temporary files of the
+    paths are removed (:func:`clean_stale_temps`).  The lock files are removed on release; a killed process's lock
+    is released by the kernel (its lock file stays, harmless, and is reused).
+    """
+
+    def __init__(self, paths: Iterable, output=None, command: str | None = None, option: str = "--out"):
+        seen, self.paths = set(), []
+        for p in paths:
+            if p is None:
+                continue
+            p = Path(p)
+            key = os.path.abspath(p)
+            if key not in seen:
+                seen.add(key)
+                self.paths.append(p)
+        self.output = str(output) if output is not None else (str(self.paths[0]) if self.paths else None)
+        self.command = command
+        self.option = option
+        self._held: list = []
+        self.removed_temps: list[Path] = []
+
+    def _info(self) -> bytes:
+        return (json.dumps(dict(pid=os.getpid(), host=socket.gethostname(), output=self.output,
+                                command=self.command, started=utc_now())) + "\n").encode("utf-8")
+
+    def acquire(self) -> "RunLock":
+        from filelock import FileLock, Timeout
+
+        info = self._info()
+
+        def record(fd: int) -> None:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, info, 0)
+
+        try:
+            for p in self.paths:
+                lp = _lock_path(p)
+                key = (os.path.abspath(lp), threading.get_ident())
+                if key in _HELD:  # this thread holds it already (a caller that locked before calling train)
+                    _HELD[key] += 1
+                    self._held.append((None, lp, key))
+                    continue
+                lock = FileLock(lp, timeout=0, on_acquired=record)
+                try:
+                    lock.acquire()
+                except Timeout:
+                    raise MftrnnError(f"{p} is in use by another run ({_holder(lp)}); wait for it to finish, "
+                                      f"or choose another {self.option}") from None
+                except OSError as exc:
+                    raise MftrnnError(f"cannot write in the folder of {p} (creating the lock file {lp}: "
+                                      f"{exc.strerror or exc}); choose a writable {self.option}") from None
+                _HELD[key] = 1
+                self._held.append((lock, lp, key))
+            for p in self.paths:
+                self.removed_temps += clean_stale_temps(p)
+        except BaseException:
+            self.release()
+            raise
+        return self
+
+    def release(self) -> None:
+        while self._held:
+            lock, lp, key = self._held.pop()
+            n = _HELD.get(key, 1) - 1
+            if n > 0:
+                _HELD[key] = n
+            else:
+                _HELD.pop(key, None)
+            if lock is None:  # a nested hold: the outer one releases the lock (holds nest, inner first)
+                continue
+            try:
+                os.unlink(lp)  # while still held: a later run creates a fresh lock file
+            except OSError:
+                pass
+            try:
+                lock.release()
+            except Exception:
+                pass
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _holder(lock_path: Path) -> str:
+    """A description of the process that holds ``lock_path``, read from the lock file."""
+    try:
+        info = json.loads(lock_path.read_text(encoding="utf-8"))
+        parts = [f"it writes {info['output']}" if info.get("output") else None,
+                 f"pid {info.get('pid')} on {info.get('host')}", f"started {info.get('started')}"]
+        return "; ".join(p for p in parts if p)
+    except (OSError, ValueError, TypeError, AttributeError, KeyError):
+        return f"lock file {lock_path}"
+
+
+# --------------------------------------------------------------------------------------------------------
+# Checkpoint cadence
+# --------------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class CheckpointEvery:
+    """How often a run checkpoints: every ``seconds`` of wall time, or every ``steps`` optimizer steps
+    (training batches); exactly one of the two is set."""
+
+    seconds: float | None = None
+    steps: int | None = None
+
+    def __str__(self) -> str:
+        return f"{self.steps} steps" if self.steps is not None else f"{self.seconds:g} s"
+
+
+_UNITS = {"": 1.0, "s": 1.0, "sec": 1.0, "second": 1.0, "seconds": 1.0, "m": 60.0, "min": 60.0, "minute": 60.0,
+          "minutes": 60.0, "h": 3600.0, "hour": 3600.0, "hours": 3600.0}
+_STEP_UNITS = ("step", "steps", "batch", "batches")
+
+
+def parse_checkpoint_every(text, option: str = "--checkpoint-every") -> CheckpointEvery:
+    """Parse a checkpoint cadence: a wall time (``"60"``, ``"60s"``, ``"5min"``, ``"1h"``; a bare number is
+    seconds, as in every command) or a number of optimizer steps (``"500steps"``, ``"500 batches"``).
+
+    Seconds must be finite and >= 0 (0: at every opportunity); steps an integer >= 1.  Anything else raises
+    :class:`~mftrnn.MftrnnError` naming ``option``.
+    """
+    if isinstance(text, CheckpointEvery):
+        return text
+    s = str(text).strip().lower()
+    m = re.fullmatch(r"([-+0-9.eE]+|nan|inf|[-+]inf)\s*([a-z]*)", s)
+    hint = (f"{option} takes a wall time (60, 60s, 5min, 1h; a bare number is seconds) or a number of "
+            f"training steps (500steps), got {str(text)!r}")
+    if not m:
+        raise MftrnnError(hint)
+    number, unit = m.groups()
+    try:
+        value = float(number)
+    except ValueError:
+        raise MftrnnError(hint) from None
+    if unit in _STEP_UNITS:
+        if not (math.isfinite(value) and value == int(value) and value >= 1):
+            raise MftrnnError(f"{option}: a number of steps must be an integer >= 1, got {str(text)!r}")
+        return CheckpointEvery(steps=int(value))
+    if unit not in _UNITS:
+        raise MftrnnError(hint)
+    return CheckpointEvery(seconds=check_checkpoint_every_s(value * _UNITS[unit], option))
+
+
+def check_checkpoint_every_s(value, option: str = "--checkpoint-every (checkpoint_every_s)") -> float:
+    """``value`` as a float of seconds, finite and >= 0; else :class:`~mftrnn.MftrnnError` naming ``option``."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise MftrnnError(f"{option} must be a number of seconds, got {value!r}") from None
+    if isinstance(value, bool) or not math.isfinite(v) or v < 0:
+        raise MftrnnError(f"{option} must be a finite number of seconds >= 0 (0: at every opportunity), "
+                          f"got {value!r}")
+    return v
+
+
+# --------------------------------------------------------------------------------------------------------
+# Atomic results, verified checkpoints
+# --------------------------------------------------------------------------------------------------------
+
 def write_json_atomic(path, obj: dict) -> None:
     """Write ``obj`` as JSON (no NaN or infinity) atomically."""
     text = json.dumps(obj, indent=1, allow_nan=False) + "\n"
     atomic_write(Path(path), lambda fh: fh.write(text.encode("utf-8")))
 
 
+INTEGRITY_KEY = "integrity"
+"""Key of a checkpoint's integrity record: ``{"sha256": content digest, "keys": sorted keys of the rest}``."""
+
+
+def _feed(h, obj) -> None:
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu().contiguous()
+        h.update(f"T|{t.dtype}|{tuple(t.shape)}|".encode())
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    elif isinstance(obj, dict):
+        h.update(f"D|{len(obj)}|".encode())
+        for k in sorted(obj, key=repr):
+            h.update(f"{type(k).__name__}:{k!r}=".encode())
+            _feed(h, obj[k])
+    elif isinstance(obj, (list, tuple)):
+        h.update(f"{type(obj).__name__[0]}|{len(obj)}|".encode())
+        for v in obj:
+            _feed(h, v)
+    else:
+        h.update(f"{type(obj).__name__}:{obj!r}|".encode())
+
+
+def content_digest(obj) -> str:
+    """sha256 of a checkpoint's content: every tensor's dtype, shape and bytes, every plain value (``repr``),
+    dict keys in sorted order -- independent of how ``torch.save`` lays the bytes out."""
+    h = hashlib.sha256()
+    _feed(h, obj)
+    return h.hexdigest()
+
+
 def save_checkpoint(path, state: dict) -> None:
-    """``torch.save`` the state atomically."""
-    atomic_write(Path(path), lambda fh: torch.save(state, fh))
+    """``torch.save`` the state atomically, with an integrity record (:data:`INTEGRITY_KEY`: the
+    :func:`content_digest` and the keys) that :func:`load_checkpoint` verifies."""
+    if INTEGRITY_KEY in state:
+        raise MftrnnError(f"internal error: a checkpoint may not use the key {INTEGRITY_KEY!r}")
+    payload = dict(state)
+    payload[INTEGRITY_KEY] = {"sha256": content_digest(state), "keys": sorted(state)}
+    atomic_write(Path(path), lambda fh: torch.save(payload, fh))
 
 
-def load_checkpoint(path) -> dict:
-    """Read a checkpoint (tensors and plain data only); :class:`~mftrnn.MftrnnError` if it cannot be read."""
+def load_checkpoint(path, required: Iterable[str] = (), restart: str | None = None) -> dict:
+    """Read and verify a checkpoint written by :func:`save_checkpoint`; return its state (without the record).
+
+    Checks, in order: the zip container's CRC-32 of every member (a flipped byte anywhere in the data), that it
+    unpickles (tensors and plain data only), the integrity record (keys, sha256 of the content; files written
+    before the record existed have none and skip this check), and that every key of ``required`` is present.  Any
+    failure raises :class:`~mftrnn.MftrnnError` in one line ending with ``restart`` (default: delete the file to
+    start the run from the beginning).
+    """
+    path = Path(path)
+    restart = restart or f"delete {path} to start the run from the beginning"
+
+    def damaged(reason: str) -> MftrnnError:
+        return MftrnnError(f"checkpoint {path} is damaged ({reason}); {restart}")
+
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+        if bad is not None:
+            raise damaged(f"member {bad} fails its CRC check: a corrupted byte")
+    except MftrnnError:
+        raise
+    except OSError as exc:
+        raise MftrnnError(f"cannot read checkpoint {path} ({exc.strerror or exc}); {restart}") from None
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError, RuntimeError, NotImplementedError) as exc:
+        raise damaged(f"not a readable checkpoint container: {_one_line(exc)}") from None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise MftrnnError(f"cannot read checkpoint {path} ({type(exc).__name__}: {exc}); delete it to start "
-                          f"the run afresh") from None
+        raise damaged(f"{type(exc).__name__}: {_one_line(exc)}") from None
+    if not isinstance(state, dict):
+        raise damaged(f"holds a {type(state).__name__}, not a dict")
+    record = state.pop(INTEGRITY_KEY, None)
+    if record is not None:
+        if not isinstance(record, dict) or not isinstance(record.get("keys"), list):
+            raise damaged("malformed integrity record")
+        missing = sorted(set(record["keys"]) - set(state))
+        extra = sorted(set(state) - set(record["keys"]))
+        if missing or extra:
+            raise damaged("; ".join(([f"key(s) {', '.join(map(str, missing))} missing"] if missing else [])
+                                    + ([f"unexpected key(s) {', '.join(map(str, extra))}"] if extra else [])))
+        if content_digest(state) != record.get("sha256"):
+            raise damaged("its content does not match the sha256 it was saved with")
+    missing = [k for k in required if k not in state]
+    if missing:
+        raise damaged(f"missing key(s) {', '.join(missing)}")
+    return state
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:300] or type(exc).__name__

@@ -41,23 +41,29 @@ over the :math:`T` steps (and average over the batch).  Their learning rate :mat
 halved every epoch after the 4th; ``medium``: :math:`2\times650`, dropout 0.5, :math:`T=35`, 39 epochs,
 divided by 1.2 after the 6th; ``large``: :math:`2\times1500`, dropout 0.65, 55 epochs, divided by 1.15 after
 the 14th, :math:`c=10`).  ``tiny`` (:math:`1\times 64`, 2,000-word vocabulary) runs on the WikiText-2 excerpt
-shipped in ``mftrnn/experiments/corpora/wikitext-2-excerpt`` in seconds, for tests and the book.
+shipped in ``mftrnn/experiments/corpora/wikitext-2-excerpt`` in seconds on one thread (8 s of training and
+evaluation on a busy two-core machine; 100 s there with two threads), for tests and the book.  The ``small``
+learning rate (20) is Zaremba et al.'s for the LSTM; the minimalRNN diverges with it (the committed runs use 2).
 
 Learning-rate schedules (``schedule``): ``"step"`` (Zaremba et al.: epoch :math:`i = 0, 1, \dots` uses
 ``lr / lr_decay ** max(0, i + 1 - decay_start)``) and ``"plateau"`` (divide the rate by ``lr_decay`` after
 every epoch whose validation loss is not below the best so far).  The test perplexity is that of the
 parameters with the best validation loss.
 
-Runs (:func:`train`) write an atomic checkpoint (temporary file + ``os.replace``) after every epoch and every
-``checkpoint_every`` training batches, holding the model, the optimizer, the learning rate, the RNG states, the
-position (epoch, batch), the carried hidden state, the running sums of the epoch and the history; running the
-same configuration again resumes from it and reproduces the uninterrupted run exactly (same device and thread
-count).  A finished run (its result file has ``"status": "finished"`` and the same configuration) is not
-redone.  A non-finite loss or gradient, or a batch loss above ``divergence_factor`` :math:`\times \ln V`
-(far worse than guessing uniformly), stops training with :class:`mftrnn.ConvergenceError`; the last good
-checkpoint is kept.  The result file (JSON) holds the configuration, parameter counts, per-epoch
-train/valid perplexity, the test perplexity and the provenance (command line, git commit and dirty flag,
-device, torch version, UTC dates, wall time).
+Runs (:func:`train`) write an atomic checkpoint (temporary file + ``os.replace``) after every epoch and, within
+an epoch, every ``checkpoint_every`` training batches or ``checkpoint_every_s`` seconds (``mftrnn lm
+--checkpoint-every``: seconds of wall time, as in ``mftrnn digits``; also ``5min`` or ``500steps``), holding the
+model, the optimizer, the learning rate, the RNG states, the position (epoch, batch), the carried hidden state, the
+running sums of the epoch and the history, with a checksum of its content
+(:func:`mftrnn.experiments.harness.save_checkpoint`); running the same configuration again verifies it (a damaged
+file is an error that names the file to delete) and resumes from it, reproducing the uninterrupted run exactly
+(same device and thread count).  The result and checkpoint files are locked while a run uses them
+(:class:`mftrnn.experiments.harness.RunLock`): a second run on them is refused.  A finished run (its result file
+has ``"status": "finished"`` and the same configuration) is not redone.  A non-finite loss or gradient, or a
+batch loss above ``divergence_factor`` :math:`\times \ln V` (far worse than guessing uniformly), stops training
+with :class:`mftrnn.ConvergenceError`; the last good checkpoint is kept.  The result file (JSON) holds the
+configuration, parameter counts, per-epoch train/valid perplexity, the test perplexity and the provenance
+(command line, git commit and dirty flag, device, torch version, UTC dates, wall time).
 
 Command line: ``mftrnn lm CELL --preset small --corpus ptb --out result.json`` (see ``mftrnn lm --help``).
 """
@@ -82,7 +88,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..errors import ConvergenceError, DataError, MftrnnError
-from .harness import load_checkpoint, provenance, save_checkpoint, utc_now, write_json_atomic
+from .harness import (RunLock, check_checkpoint_every_s, check_output, load_checkpoint, parse_checkpoint_every,
+                      provenance, resolve_device, save_checkpoint, utc_now, write_json_atomic)
 from .data import SPLITS, Corpus, batchify, bptt_batches, build_vocab, load_corpus, tokenize
 from ..nets.registry import LiveNames, sequence_cells, sequence_implementation, sequence_module, zero_state
 
@@ -608,14 +615,7 @@ def _ppl(loss: float) -> float:
     return math.exp(loss) if loss < 700 else math.inf
 
 
-def _resolve_device(device: str | torch.device) -> torch.device:
-    dev = torch.device(device)
-    if dev.type not in ("cpu", "cuda"):
-        raise MftrnnError(f"device must be cpu or cuda, got {str(device)!r}")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise MftrnnError(f"device {str(device)!r} requested but CUDA is not available "
-                          f"(torch {torch.__version__}); use --device cpu")
-    return dev
+_resolve_device = resolve_device  # the harness's: one-line errors for unknown or unavailable devices
 
 
 def read_result(path: str | os.PathLike) -> dict:
@@ -705,9 +705,29 @@ class _Run:
         _set_rng_state(ck["rng"], dev)
 
 
+_CHECKPOINT_KEYS = ("format", "config", "corpus", "model", "optimizer", "rng", "epoch", "batch", "lr", "hidden",
+                    "loss_sum", "token_count", "train_seconds", "history", "curve", "window_sum", "window_count",
+                    "tokens_seen", "best_valid_loss", "best_epoch", "best_state", "wall_seconds", "sessions",
+                    "started_utc")
+
+
+def _check_position(ck: dict, config: LMConfig, n_batches: int, damaged: Callable[[str], MftrnnError]) -> None:
+    """Refuse a checkpoint whose position does not lie inside the run (``damaged(reason)`` is the error)."""
+    epoch, batch, history = ck["epoch"], ck["batch"], ck["history"]
+    for name, v in (("epoch", epoch), ("batch", batch)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise damaged(f"{name} = {v!r} is not an integer >= 0")
+    if epoch > config.epochs or (epoch == config.epochs and batch != 0) or batch >= n_batches:
+        raise damaged(f"its position, epoch {epoch + 1} batch {batch}, lies past the end of this run "
+                      f"({config.epochs} epoch(s) of {n_batches} batches)")
+    if not isinstance(history, list) or len(history) != epoch:
+        raise damaged(f"it is at epoch {epoch + 1} but holds the history of "
+                      f"{len(history) if isinstance(history, list) else '?'} epoch(s)")
+
+
 def _diverged(what: str, value: float, run: _Run, epoch: int, batch: int, checkpoint: Path | None,
               saved: tuple | None) -> ConvergenceError:
-    if checkpoint is not None and saved is not None:
+    if checkpoint is not None and saved is not None and checkpoint.exists():
         kept = (f"the last good checkpoint (epoch {saved[0] + 1}, batch {saved[1]}) is kept in {checkpoint}")
     else:
         kept = "no checkpoint had been written yet"
@@ -716,12 +736,37 @@ def _diverged(what: str, value: float, run: _Run, epoch: int, batch: int, checkp
                             f"(--clip) and start a new run (another --out)")
 
 
+def _windows(tokens: int, batch_size: int, bptt: int) -> int:
+    """Number of BPTT windows of a stream of ``tokens`` tokens cut into ``batch_size`` columns."""
+    return len(range(0, tokens // batch_size - 1, bptt))
+
+
+def _check_sizes(config: LMConfig, corpus: Corpus) -> int:
+    """The number of training batches per epoch; :class:`mftrnn.MftrnnError` if a split gives no window."""
+    n_train = corpus.train.numel()
+    n_batches = _windows(n_train, config.batch_size, config.bptt)
+    if n_batches < 1:
+        raise MftrnnError(f"nothing to train on: the training split of {corpus.name} has {n_train:,} tokens, "
+                          f"i.e. {n_train // config.batch_size} per column at batch size {config.batch_size}, "
+                          f"and a training window needs at least 2; lower --batch-size (batch_size) to at most "
+                          f"{max(n_train // 2, 1):,}")
+    for split in ("valid", "test"):
+        n = getattr(corpus, split).numel()
+        if _windows(n, config.eval_batch_size, config.bptt) < 1:
+            raise MftrnnError(f"nothing to evaluate: the {split} split of {corpus.name} has {n:,} tokens, too few "
+                              f"for batch size {config.eval_batch_size}; lower --eval-batch-size "
+                              f"(eval_batch_size) to at most {max(n // 2, 1):,}")
+    if config.max_batches is not None:
+        n_batches = min(n_batches, config.max_batches)
+    return n_batches
+
+
 def train(config: LMConfig, corpus: Corpus | None = None, out: str | os.PathLike | None = None,
-          checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 500, device: str = "cpu",
+          checkpoint: str | os.PathLike | None = None, checkpoint_every: int | None = 500, device: str = "cpu",
           data_dir: str | os.PathLike | None = None, progress: bool = True,
           log: Callable[[str], None] | None = print, command: str | None = None, keep_checkpoint: bool = False,
           overwrite: bool = False, on_batch: Callable[[int, int, float], None] | None = None,
-          curve_every: int = 100) -> dict:
+          curve_every: int = 100, checkpoint_every_s: float | None = None) -> dict:
     """Train a language model for ``config``; return the result dict (also written to ``out`` if given).
 
     Parameters
@@ -731,11 +776,15 @@ def train(config: LMConfig, corpus: Corpus | None = None, out: str | os.PathLike
         a given corpus is restricted to ``config.max_vocab`` as well).
     out : JSON result file, rewritten atomically after every epoch (``"status": "running"``) and at the end
         (``"finished"``).  If it already holds a finished run of the same configuration and corpus, that result
-        is returned without training; a different configuration is an error unless ``overwrite``.
+        is returned without training; a different configuration, or a file that is not a readable result, is an
+        error unless ``overwrite``.  Its folder must exist.
     checkpoint : checkpoint file (default ``out`` + ``".ckpt"``; ``None`` without ``out``: no checkpoints).  If it
-        exists, training resumes from it (the configuration must match); it is deleted when the run finishes,
-        unless ``keep_checkpoint``.
-    checkpoint_every : also checkpoint every this many training batches within an epoch.
+        exists, training resumes from it (it is verified, and the configuration must match); it is deleted when
+        the run finishes, unless ``keep_checkpoint``.
+    checkpoint_every : also checkpoint every this many training batches (optimizer steps) within an epoch
+        (``None``: not by count).
+    checkpoint_every_s : also checkpoint within an epoch once this many seconds of wall time have passed since
+        the last checkpoint (``None``: not by time; ``mftrnn lm --checkpoint-every`` sets one of the two).
     device : ``"cpu"`` or ``"cuda[:i]"``.
     progress : show tqdm progress bars (on stderr).
     log : called with one line per epoch (``None``: silent).
@@ -744,51 +793,91 @@ def train(config: LMConfig, corpus: Corpus | None = None, out: str | os.PathLike
         any checkpoint of that step; an exception raised there stops training like a crash would.
     curve_every : the result's ``curve`` holds the mean training loss of every ``curve_every`` batches.
 
+    Before any work, the outputs are checked (their folders must exist) and locked
+    (:class:`mftrnn.experiments.harness.RunLock`): a second run on the same result or checkpoint file is refused.
+    A configuration that gives no training or evaluation window is refused too.
+
     A run that diverges (:class:`mftrnn.ConvergenceError`) writes ``"status": "diverged"`` and the message into
-    ``out``; running it again raises the recorded error without training (``overwrite`` starts afresh).
+    ``out``; running it again raises the recorded error without training (``overwrite`` retries from the last
+    good checkpoint, or from the start without one).
     """
     config = config.validate()
     for name, v in (("checkpoint_every", checkpoint_every), ("curve_every", curve_every)):
+        if v is None and name == "checkpoint_every":
+            continue
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise MftrnnError(f"{name} must be an integer >= 1, got {v!r}")
-    dev = _resolve_device(device)
-    out_path = Path(out) if out is not None else None
+    if checkpoint_every_s is not None:
+        checkpoint_every_s = check_checkpoint_every_s(checkpoint_every_s, "checkpoint_every_s (--checkpoint-every)")
+    dev = resolve_device(device)
+    out_path = check_output(out, "result file", "--out") if out is not None else None
     ck_path = Path(checkpoint) if checkpoint is not None else (
         out_path.with_name(out_path.name + ".ckpt") if out_path is not None else None)
+    if ck_path is not None:
+        check_output(ck_path, "checkpoint", "--checkpoint", create_folder=checkpoint is not None)
+    with RunLock([out_path, ck_path], output=out_path if out_path is not None else ck_path, command=command):
+        return _train(config, corpus, out_path, ck_path, checkpoint_every, checkpoint_every_s, dev, data_dir,
+                      progress, log, command, keep_checkpoint, overwrite, on_batch, curve_every)
+
+
+def _train(config, corpus, out_path, ck_path, checkpoint_every, checkpoint_every_s, dev, data_dir, progress, log,
+           command, keep_checkpoint, overwrite, on_batch, curve_every) -> dict:
+    """The body of :func:`train`, under the output lock."""
     say = log or (lambda s: None)
 
     if corpus is None:
         corpus = load_lm_corpus(config.corpus, data_dir=data_dir, max_vocab=config.max_vocab)
     elif config.max_vocab is not None:
         corpus = restrict_vocab(corpus, config.max_vocab)
+    n_batches = _check_sizes(config, corpus)
     corpus_info = _corpus_info(corpus)
     V = corpus.vocab_size
 
     if out_path is not None and out_path.exists():
-        previous = read_result(out_path)
-        same = previous.get("config") == config.to_dict() and previous.get("corpus") == corpus_info
-        if not same and not overwrite:
-            raise MftrnnError(f"{out_path} holds a run with another configuration or corpus; choose another "
-                              f"output file or pass overwrite=True (--overwrite)")
-        if same and previous.get("status") == "finished":
-            say(f"{out_path}: this run is already finished (test perplexity {previous['test_ppl']:.2f}); "
-                f"nothing to do")
-            return previous
-        if same and previous.get("status") == "diverged" and not overwrite:
-            raise ConvergenceError(f"{previous.get('error')} [recorded in {out_path}; nothing redone; "
-                                   f"overwrite=True (--overwrite) retries from the last good checkpoint]")
+        try:
+            previous = read_result(out_path)
+        except MftrnnError as exc:
+            if not overwrite:
+                raise MftrnnError(f"{exc}; pass --overwrite (overwrite=True) to replace it, or choose another "
+                                  f"--out") from None
+            previous = None
+            say(f"{out_path}: not a readable result file; replacing it (--overwrite)")
+        if previous is not None:
+            same = previous.get("config") == config.to_dict() and previous.get("corpus") == corpus_info
+            if not same and not overwrite:
+                raise MftrnnError(f"{out_path} holds a run with another configuration or corpus; choose another "
+                                  f"output file (--out) or pass --overwrite (overwrite=True) to replace it")
+            if same and previous.get("status") == "finished":
+                say(f"{out_path}: this run is already finished (test perplexity {previous['test_ppl']:.2f}); "
+                    f"nothing to do")
+                return previous
+            if same and previous.get("status") == "diverged" and not overwrite:
+                raise ConvergenceError(f"{previous.get('error')} [recorded in {out_path}; nothing redone; "
+                                       f"--overwrite (overwrite=True) retries from the last good checkpoint]")
 
     model = build_model(config, V).to(dev)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr)
     run = _Run(learning_rate(config, 0))
+    resumed = False
     if ck_path is not None and ck_path.exists():
-        ck = load_checkpoint(ck_path)
+        restart = f"delete {ck_path} to restart the run from its first batch"
+
+        def damaged(reason: str) -> MftrnnError:
+            return MftrnnError(f"checkpoint {ck_path} is damaged ({reason}); {restart}")
+
+        ck = load_checkpoint(ck_path, required=_CHECKPOINT_KEYS, restart=restart)
         if ck.get("format") != CHECKPOINT_FORMAT:
-            raise MftrnnError(f"{ck_path} is not an mftrnn language-model checkpoint")
+            raise MftrnnError(f"{ck_path} is not an mftrnn language-model checkpoint ({CHECKPOINT_FORMAT}); "
+                              f"{restart}, or choose another --checkpoint file")
         if ck["config"] != config.to_dict() or ck["corpus"] != corpus_info:
             raise MftrnnError(f"checkpoint {ck_path} belongs to another configuration or corpus; delete it or "
-                              f"choose another checkpoint file")
-        run.restore(ck, model, optimizer, dev)
+                              f"choose another checkpoint file (--checkpoint)")
+        _check_position(ck, config, n_batches, damaged)
+        try:
+            run.restore(ck, model, optimizer, dev)
+        except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as exc:
+            raise damaged(f"it does not fit the model: {' '.join(str(exc).split())[:200]}") from None
+        resumed = True
         say(f"resuming from {ck_path} at epoch {run.epoch + 1}, batch {run.batch}")
     run.sessions += 1
     if run.started_utc is None:
@@ -804,10 +893,8 @@ def train(config: LMConfig, corpus: Corpus | None = None, out: str | os.PathLike
     train_data = batchify(corpus.train, config.batch_size).to(dev)
     valid_data = batchify(corpus.valid, config.eval_batch_size).to(dev)
     test_data = batchify(corpus.test, config.eval_batch_size).to(dev)
-    n_batches = len(range(0, train_data.shape[0] - 1, config.bptt))
-    if config.max_batches is not None:
-        n_batches = min(n_batches, config.max_batches)
-    saved = (run.epoch, run.batch) if ck_path is not None and ck_path.exists() else None
+    saved = (run.epoch, run.batch) if resumed else None
+    last_save = [time.perf_counter()]
 
     def save() -> None:
         nonlocal saved
@@ -816,6 +903,15 @@ def train(config: LMConfig, corpus: Corpus | None = None, out: str | os.PathLike
         run.wall_seconds = wall_before + (time.perf_counter() - session_start)
         save_checkpoint(ck_path, run.checkpoint(config, model, optimizer, dev, corpus_info))
         saved = (run.epoch, run.batch)
+        last_save[0] = time.perf_counter()
+
+    def checkpoint_due(batch: int) -> bool:
+        """Whether to checkpoint after ``batch`` batches of the epoch (not at its end: the epoch's own save)."""
+        if batch >= n_batches:
+            return False
+        if checkpoint_every is not None and batch % checkpoint_every == 0:
+            return True
+        return checkpoint_every_s is not None and time.perf_counter() - last_save[0] >= checkpoint_every_s
 
     def result(status: str) -> dict:
         run.wall_seconds = wall_before + (time.perf_counter() - session_start)
@@ -832,7 +928,7 @@ def train(config: LMConfig, corpus: Corpus | None = None, out: str | os.PathLike
     try:
         res = _train_loop(config, model, optimizer, run, dev, corpus, train_data, valid_data, test_data,
                           n_batches, save, result, ck_path, lambda: saved, progress, say, on_batch,
-                          checkpoint_every, curve_every, params, out_path)
+                          checkpoint_due, curve_every, params, out_path)
     except ConvergenceError as exc:
         if out_path is not None:
             failed = result("diverged")
@@ -845,7 +941,7 @@ def train(config: LMConfig, corpus: Corpus | None = None, out: str | os.PathLike
 
 
 def _train_loop(config, model, optimizer, run, dev, corpus, train_data, valid_data, test_data, n_batches, save,
-                result, ck_path, saved_at, progress, say, on_batch, checkpoint_every, curve_every, params,
+                result, ck_path, saved_at, progress, say, on_batch, checkpoint_due, curve_every, params,
                 out_path) -> dict:
     """The epochs of :func:`train` (state in ``run``; ``save()`` checkpoints, ``result(status)`` reports)."""
     from tqdm import tqdm
@@ -900,7 +996,7 @@ def _train_loop(config, model, optimizer, run, dev, corpus, train_data, valid_da
                 bar.update(1)
                 if bar.n % 20 == 0:
                     bar.set_postfix(ppl=f"{_ppl(run.loss_sum / run.token_count):.1f}", lr=f"{run.lr:g}")
-                if run.batch % checkpoint_every == 0 and run.batch < n_batches:
+                if checkpoint_due(run.batch):
                     save()
                 if on_batch is not None:
                     on_batch(e, b, value)
@@ -1017,9 +1113,13 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     r = p.add_argument_group("run")
     r.add_argument("--out", default=None, help="result JSON file (default lm-CORPUS-PRESET-CELL-hN.json)")
     r.add_argument("--checkpoint", default=None, help="checkpoint file (default OUT.ckpt)")
-    r.add_argument("--checkpoint-every", type=_positive_int, default=500, help="batches between checkpoints")
+    r.add_argument("--checkpoint-every", default="60s", metavar="TIME|Nsteps",
+                   help="checkpoint within an epoch every TIME of wall time (60, 60s, 5min, 1h: a bare number is "
+                        "seconds, as in mftrnn digits) or every N training batches (500steps); also after every "
+                        "epoch (default 60s)")
     r.add_argument("--keep-checkpoint", action="store_true", help="keep the checkpoint of a finished run")
-    r.add_argument("--overwrite", action="store_true", help="replace a result file of another configuration")
+    r.add_argument("--overwrite", action="store_true",
+                   help="replace a result file of another configuration, or one that cannot be read")
     r.add_argument("--device", default="cpu", help="cpu or cuda[:i] (default cpu)")
     r.add_argument("--threads", type=_positive_int, default=None, help="torch.set_num_threads")
     r.add_argument("--data-dir", default=None, help="folder with ptb/ and wikitext-2/ (default $MFTRNN_DATA, "
@@ -1057,31 +1157,43 @@ def config_from_args(args: argparse.Namespace, vocab_size: Callable[[LMConfig], 
 
 
 def run_cli(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
-    """Run the ``lm`` command for parsed ``args``; errors propagate as :class:`mftrnn.MftrnnError`/``OSError``."""
+    """Run the ``lm`` command for parsed ``args``; errors propagate as :class:`mftrnn.MftrnnError`/``OSError``.
+
+    Everything that can be checked without the corpus is checked first (cell, checkpoint cadence, device, the
+    folders of ``--out`` and ``--checkpoint``); a given ``--out`` is locked before the corpus is read.
+    """
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     _check_cell(args.cell)
-    cache: dict = {}
-
-    def get_corpus(cfg: LMConfig) -> Corpus:
-        key = (cfg.corpus, cfg.max_vocab)
-        if key not in cache:
-            cache[key] = load_lm_corpus(cfg.corpus, data_dir=args.data_dir, max_vocab=cfg.max_vocab,
-                                        download=args.download)
-        return cache[key]
-
-    _resolve_device(args.device)
-    cfg = config_from_args(args, vocab_size=lambda c: get_corpus(c).vocab_size)
-    corpus = get_corpus(cfg)
-    out = args.out or f"lm-{cfg.corpus}-{cfg.preset}-{cfg.cell}-h{cfg.hidden_size}.json"
-    params = count_parameters(cfg.cell, cfg.hidden_size, corpus.vocab_size, cfg.num_layers, cfg.emb_size,
-                              cfg.tie_weights)
-    print(f"{cfg.cell} {cfg.num_layers}x{cfg.hidden_size} on {corpus!r}: {params['total']:,} parameters "
-          f"({params['recurrent']:,} recurrent); {torch.get_num_threads()} thread(s), device {args.device}",
-          flush=True)
+    every = parse_checkpoint_every(args.checkpoint_every)
+    resolve_device(args.device)
     command = "mftrnn " + shlex.join(list(argv)) if argv is not None else None
-    train(cfg, corpus=corpus, out=out, checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every,
-          device=args.device, progress=not args.no_progress, command=command,
-          keep_checkpoint=args.keep_checkpoint, overwrite=args.overwrite,
-          log=lambda s: print(s, flush=True))
+    if args.out is not None:
+        check_output(args.out, "result file", "--out")
+    if args.checkpoint is not None:  # a scratch file: its folder is created (recorded commands use /tmp/...)
+        check_output(args.checkpoint, "checkpoint", "--checkpoint", create_folder=True)
+    lock_paths = [args.out, args.checkpoint if args.checkpoint is not None else (
+        args.out + ".ckpt" if args.out is not None else None)]
+    with RunLock(lock_paths if args.out is not None else [], output=args.out, command=command):
+        cache: dict = {}
+
+        def get_corpus(cfg: LMConfig) -> Corpus:
+            key = (cfg.corpus, cfg.max_vocab)
+            if key not in cache:
+                cache[key] = load_lm_corpus(cfg.corpus, data_dir=args.data_dir, max_vocab=cfg.max_vocab,
+                                            download=args.download)
+            return cache[key]
+
+        cfg = config_from_args(args, vocab_size=lambda c: get_corpus(c).vocab_size)
+        corpus = get_corpus(cfg)
+        out = args.out or f"lm-{cfg.corpus}-{cfg.preset}-{cfg.cell}-h{cfg.hidden_size}.json"
+        params = count_parameters(cfg.cell, cfg.hidden_size, corpus.vocab_size, cfg.num_layers, cfg.emb_size,
+                                  cfg.tie_weights)
+        print(f"{cfg.cell} {cfg.num_layers}x{cfg.hidden_size} on {corpus!r}: {params['total']:,} parameters "
+              f"({params['recurrent']:,} recurrent); {torch.get_num_threads()} thread(s), device {args.device}; "
+              f"checkpoint every {every} and after every epoch", flush=True)
+        train(cfg, corpus=corpus, out=out, checkpoint=args.checkpoint, checkpoint_every=every.steps,
+              checkpoint_every_s=every.seconds, device=args.device, progress=not args.no_progress,
+              command=command, keep_checkpoint=args.keep_checkpoint, overwrite=args.overwrite,
+              log=lambda s: print(s, flush=True))
     return 0

@@ -47,10 +47,14 @@ with ``weights="orthogonal"`` (:math:`W = \sigma_w O`) or ``"gaussian"`` (:math:
 
 Training (:func:`train`): Adam, gradient-norm clipping, a fixed number of steps with mini-batches drawn uniformly
 (with replacement) from the training set, and every ``eval_every`` steps the accuracy and cross-entropy on a fixed
-test subset (the same images for every run).  Robustness: atomic checkpoints (model, optimiser, RNG states, the
-curve so far) let the same call resume after an interruption; a run whose result file exists with the same
-configuration is not redone; a non-finite loss or gradient stops the run with :class:`~mftrnn.ConvergenceError`
-(the result file then says ``"status": "diverged"``).  Each result is one JSON file with its provenance (command,
+test subset (the same images for every run).  Robustness: atomic, checksummed checkpoints (model, optimiser, RNG
+states, the curve so far; at evaluation steps, at most every ``--checkpoint-every`` seconds) let the same call
+resume after an interruption, and a damaged one is an error naming the file to delete; the result file and the
+checkpoint are locked while a run uses them (a second run on them is refused); a run whose result file exists with
+the same configuration is not redone; a non-finite loss or gradient, or a loss above :data:`DIVERGENCE_FACTOR`
+times the larger of :math:`\ln 10` and the initial test loss, stops the run with :class:`~mftrnn.ConvergenceError`
+(the result file then says ``"status": "diverged"``, and running it again repeats that error, as in
+:mod:`mftrnn.experiments.lm`).  Each result is one JSON file with its provenance (command,
 git commit and dirty flag, device, torch version, UTC dates, wall time), the configuration, the hyperparameters the
 initialiser chose, the mean-field :math:`q^*, \chi, \xi` and the curve.  :func:`run_sweep` runs a preset's whole
 set of configurations (``mftrnn digits --sweep cpu --out-dir book/results/digits``); :func:`plot_curves` draws the
@@ -79,13 +83,15 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .harness import device_name, git_state, save_checkpoint, utc_now, write_json_atomic
+from .harness import (RunLock, check_checkpoint_every_s, check_output, device_name, git_state, load_checkpoint,
+                      resolve_device, save_checkpoint, utc_now, write_json_atomic)
 from . import data as _data
 from ..errors import ConvergenceError, DataError, DomainError, MftrnnError, UnknownCellError
 from ..nets.init import RNN_OFF_CRITICAL_FACTORS, mean_field_init, pytorch_rnn_default_hyperparameters
 from ..nets.registry import LiveNames, sequence_cells, sequence_implementation, sequence_module
 
 __all__ = [
+    "DIVERGENCE_FACTOR",
     "DigitsData",
     "load_mnist",
     "load_sklearn_digits",
@@ -132,7 +138,11 @@ INITS = ("default", "critical", "off-critical")
 WEIGHTS = ("orthogonal", "gaussian")
 DATASETS = ("mnist", "sklearn")
 N_CLASSES = 10
-RESULT_FORMAT = "mftrnn.experiments.seqdigits/1"
+RESULT_FORMAT = "mftrnn.seqdigits/1"
+"""Format tag of result files (that of the committed results in ``book/results/digits``)."""
+RESULT_FORMATS = (RESULT_FORMAT, "mftrnn.experiments.seqdigits/1")
+"""Tags :func:`load_results` accepts: the second was written for a while after the module moved to
+``mftrnn.experiments`` (same layout)."""
 
 # ---------------------------------------------------------------------------------------------------------------
 # MNIST files: IDX parsing, verification, download on request
@@ -725,29 +735,45 @@ def load_results(paths) -> list[dict]:
             d = json.loads(Path(p).read_text())
         except (OSError, ValueError) as exc:
             raise DataError(f"cannot read result file {p}: {exc}") from None
-        if not isinstance(d, dict) or d.get("format") != RESULT_FORMAT:
+        if not isinstance(d, dict) or d.get("format") not in RESULT_FORMATS:
             raise DataError(f"{p} is not a seqdigits result (format {RESULT_FORMAT!r})")
         out.append(d)
     return out
+
+
+DIVERGENCE_FACTOR = 3.0
+"""A training or test loss above ``DIVERGENCE_FACTOR`` times the larger of :math:`\\ln 10` (guessing uniformly) and
+the initial test loss means the run diverged (as ``divergence_factor`` :math:`\\times \\ln V` in
+:mod:`mftrnn.experiments.lm`).  The committed runs stay below 2.5 nats, far under the bound (6.9 nats)."""
+
+_CHECKPOINT_KEYS = ("config", "step", "model", "optimizer", "batch_rng", "torch_rng", "curve", "elapsed_s", "run_sum",
+                    "run_n", "sessions", "started", "hyperparameters")
 
 
 def train(config: DigitsConfig, out: str | os.PathLike, *, data: DigitsData | None = None,
           data_dir: str | os.PathLike | None = None, download: bool = False,
           checkpoint: str | os.PathLike | None = None, checkpoint_every_s: float = 60.0,
           stop_after: int | None = None, force: bool = False, command: str | None = None,
-          log: Callable[[str], None] | None = print) -> dict:
+          log: Callable[[str], None] | None = print, divergence_factor: float = DIVERGENCE_FACTOR) -> dict:
     r"""Train one configuration and write its JSON result to ``out`` (atomically); return the result dict.
 
-    * If ``out`` already holds a result of the same configuration, it is returned without training (another
-      configuration there is an error unless ``force``).
+    * Before any work, ``out`` is checked (it ends in ``.json``, its folder exists) and locked together with the
+      checkpoint (:class:`mftrnn.experiments.harness.RunLock`): a second run on the same file is refused.
+    * If ``out`` already holds a result of the same configuration, it is returned without training; if that run
+      diverged, its recorded error is raised again (:class:`~mftrnn.ConvergenceError`, as in
+      :func:`mftrnn.experiments.lm.train`).  Another configuration, or a file that is not a readable result, is an
+      error unless ``force`` (``--force``), which replaces it.
     * Checkpoints go to ``checkpoint`` (default :func:`default_checkpoint_path`) at evaluation steps, at most
-      every ``checkpoint_every_s`` seconds of wall time; a present checkpoint of the same configuration is
-      resumed (bit-for-bit the same curve on the same device and thread count); it is deleted when the run ends.
-      The recorded wall time sums the sessions up to their last checkpoint (work lost to an interruption is not
-      counted); ``provenance["sessions"]`` says how many processes the run took.
+      every ``checkpoint_every_s`` seconds of wall time (``mftrnn digits --checkpoint-every``, in seconds as in
+      ``mftrnn lm``; finite and >= 0, 0: at every evaluation); a present checkpoint of the same configuration is
+      verified (:func:`mftrnn.experiments.harness.load_checkpoint`: checksum, keys, a position inside the run)
+      and resumed (bit-for-bit the same curve on the same device and thread count); it is deleted when the run
+      ends.  The recorded wall time sums the sessions up to their last checkpoint (work lost to an interruption
+      is not counted); ``provenance["sessions"]`` says how many processes the run took.
     * ``stop_after``: stop (with a checkpoint) once this many steps are done -- for time-sliced runs and tests;
       the returned dict then has ``"status": "interrupted"`` and no result file is written.
-    * A non-finite loss or gradient norm writes a result with ``"status": "diverged"`` and raises
+    * A non-finite loss or gradient norm, or a training or test loss above ``divergence_factor`` times the larger
+      of :math:`\ln 10` and the initial test loss, writes a result with ``"status": "diverged"`` and raises
       :class:`~mftrnn.ConvergenceError`.
     ``data`` (a :class:`DigitsData`) replaces loading ``config.dataset``; ``log`` receives progress lines.
     """
@@ -755,22 +781,39 @@ def train(config: DigitsConfig, out: str | os.PathLike, *, data: DigitsData | No
     log = log or (lambda s: None)
     out = Path(out)
     if out.suffix != ".json":
-        raise DomainError(f"result file {str(out)!r} must end in .json")
-    if not out.parent.is_dir():
-        raise DomainError(f"folder {str(out.parent)!r} of the result file does not exist")
-    if out.exists() and not force:
-        existing = load_results([out])[0]
-        if existing.get("config") == config.to_dict():
-            log(f"{out}: already done ({existing.get('status')}), not rerun")
-            return existing
-        raise MftrnnError(f"{out} holds a run with a different configuration; choose another output "
-                          f"or pass --force to overwrite it")
+        raise DomainError(f"result file {str(out)!r} must end in .json (--out)")
+    check_output(out, "result file", "--out")
     ckpt = Path(checkpoint) if checkpoint is not None else default_checkpoint_path(out)
-    device = torch.device(config.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise DomainError("device 'cuda' requested but torch.cuda.is_available() is False")
+    check_output(ckpt, "checkpoint", "checkpoint file")
+    checkpoint_every_s = check_checkpoint_every_s(checkpoint_every_s, "--checkpoint-every (checkpoint_every_s)")
+    divergence_factor = _check_positive("divergence_factor", divergence_factor)
+    device = resolve_device(config.device)
     if stop_after is not None:
         stop_after = _check_int("stop_after", stop_after, 0)
+    with RunLock([out, ckpt], output=out, command=command):
+        return _train(config, out, ckpt, data, data_dir, download, checkpoint_every_s, stop_after, force, command,
+                      log, divergence_factor, device)
+
+
+def _train(config, out, ckpt, data, data_dir, download, checkpoint_every_s, stop_after, force, command, log,
+           divergence_factor, device) -> dict:
+    """The body of :func:`train`, under the output lock."""
+    if out.exists() and not force:
+        try:
+            existing = load_results([out])[0]
+        except DataError as exc:
+            raise DataError(f"{_one_line(exc)}; pass --force (force=True) to replace it, or choose another "
+                            f"--out") from None
+        if existing.get("config") == config.to_dict():
+            if existing.get("status") == "diverged":
+                what = (existing.get("diverged") or {}).get("message", "see the file")
+                raise ConvergenceError(f"{config.label()}: training diverged at step "
+                                       f"{(existing.get('diverged') or {}).get('step')}: {what} [recorded in {out}; "
+                                       f"nothing redone; --force (force=True) runs it again]")
+            log(f"{out}: already done ({existing.get('status')}), not rerun")
+            return existing
+        raise MftrnnError(f"{out} holds a run with a different configuration; choose another output (--out) "
+                          f"or pass --force (force=True) to replace it")
 
     if data is None:
         data = load_dataset(config.dataset, data_dir=data_dir, download=download)
@@ -788,19 +831,26 @@ def train(config: DigitsConfig, out: str | os.PathLike, *, data: DigitsData | No
     step, curve, elapsed, run_sum, run_n, sessions = 0, [], 0.0, 0.0, 0, 0
     started = utc_now()
     if ckpt.exists():
-        try:
-            st = torch.load(ckpt, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise DataError(f"cannot read checkpoint {ckpt}: {_one_line(exc)}; delete it to start afresh") from None
+        restart = f"delete {ckpt} to restart the run from step 0"
+
+        def damaged(reason: str) -> MftrnnError:
+            return MftrnnError(f"checkpoint {ckpt} is damaged ({reason}); {restart}")
+
+        st = load_checkpoint(ckpt, required=_CHECKPOINT_KEYS, restart=restart)
         if st.get("config") != config.to_dict():
             raise MftrnnError(f"checkpoint {ckpt} belongs to another configuration; delete it or choose "
                               "another output")
-        model.load_state_dict(st["model"])
-        opt.load_state_dict(st["optimizer"])
-        batch_gen.set_state(st["batch_rng"])
-        torch.set_rng_state(st["torch_rng"])
-        step, curve, elapsed = int(st["step"]), list(st["curve"]), float(st["elapsed_s"])
-        run_sum, run_n, sessions, started = float(st["run_sum"]), int(st["run_n"]), int(st["sessions"]), st["started"]
+        _check_position(st, config, damaged)
+        try:
+            model.load_state_dict(st["model"])
+            opt.load_state_dict(st["optimizer"])
+            batch_gen.set_state(st["batch_rng"])
+            torch.set_rng_state(st["torch_rng"])
+            step, curve, elapsed = int(st["step"]), list(st["curve"]), float(st["elapsed_s"])
+            run_sum, run_n, sessions, started = (float(st["run_sum"]), int(st["run_n"]), int(st["sessions"]),
+                                                 st["started"])
+        except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as exc:
+            raise damaged(f"it does not fit the model: {_one_line(exc)[:200]}") from None
         hp = st["hyperparameters"]
         log(f"{out.name}: resuming at step {step}/{config.steps} from {ckpt}")
     sessions += 1
@@ -841,13 +891,19 @@ def train(config: DigitsConfig, out: str | os.PathLike, *, data: DigitsData | No
         write_json_atomic(out, res)
         ckpt.unlink(missing_ok=True)
         raise ConvergenceError(f"{config.label()}: training diverged at step {step}: {message}; "
-                               f"result written to {out} with status 'diverged'")
+                               f"result written to {out} with status 'diverged'; lower the learning rate (--lr) "
+                               f"or the clipping norm (--clip) and start a new run (another --out, or --force)")
 
     if step == 0 and not curve:
         acc, tl = evaluate(model, task, test_idx)
         curve.append({"step": 0, "test_accuracy": acc, "test_loss": tl, "train_loss": None,
                       "wall_s": round(wall(), 3)})
         log(f"{out.name}: step 0 test acc {acc:.4f} loss {tl:.4f}")
+    initial = curve[0]["test_loss"]
+    if not math.isfinite(initial):
+        diverge(f"the initial test loss is {initial}")
+    max_loss = divergence_factor * max(math.log(N_CLASSES), initial)
+    bound = f"{divergence_factor:g} x max(ln {N_CLASSES}, initial test loss {initial:.4g}) = {max_loss:.4g}"
     model.train()
     while step < config.steps:
         if stop_after is not None and step >= stop_after:
@@ -863,6 +919,8 @@ def train(config: DigitsConfig, out: str | os.PathLike, *, data: DigitsData | No
         lv = float(loss.detach())
         if not math.isfinite(lv):
             diverge(f"training loss is {lv}")
+        if lv > max_loss:
+            diverge(f"training loss {lv:.4g} > {bound}")
         if not math.isfinite(gnorm):
             diverge(f"gradient norm is {gnorm} (loss {lv:.4g})")
         opt.step()
@@ -873,6 +931,8 @@ def train(config: DigitsConfig, out: str | os.PathLike, *, data: DigitsData | No
             acc, tl = evaluate(model, task, test_idx)
             if not math.isfinite(tl):
                 diverge(f"test loss is {tl}")
+            if tl > max_loss:
+                diverge(f"test loss {tl:.4g} > {bound}")
             curve.append({"step": step, "test_accuracy": acc, "test_loss": tl, "train_loss": run_sum / run_n,
                           "wall_s": round(wall(), 3)})
             run_sum, run_n = 0.0, 0
@@ -887,6 +947,18 @@ def train(config: DigitsConfig, out: str | os.PathLike, *, data: DigitsData | No
     log(f"{out.name}: finished, final test accuracy {res['final']['test_accuracy']:.4f} "
         f"in {res['provenance']['wall_time_s']:.0f} s")
     return res
+
+
+def _check_position(st: dict, config: DigitsConfig, damaged: Callable[[str], MftrnnError]) -> None:
+    """Refuse a checkpoint whose step lies outside the run or whose curve does not match its step."""
+    step, curve = st["step"], st["curve"]
+    if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step < config.steps:
+        raise damaged(f"step {step!r} lies outside this run of {config.steps} steps")
+    expected = 1 + step // config.eval_every
+    if (not isinstance(curve, list) or len(curve) != expected or not all(isinstance(p, dict) for p in curve)
+            or curve[-1].get("step") != (step // config.eval_every) * config.eval_every):
+        raise damaged(f"at step {step} the curve must hold {expected} evaluation(s), it holds "
+                      f"{len(curve) if isinstance(curve, list) else '?'}")
 
 
 def run_sweep(preset: str, out_dir: str | os.PathLike, *, seeds: Iterable[int] | None = None, data_dir=None,

@@ -30,6 +30,7 @@ second moment of a deeper layer's input by :math:`1/(1-p)`; the initialisers use
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -51,6 +52,9 @@ _HP = ("sigma_w", "sigma_v", "sigma_b", "mu_b", "R")
 
 
 def _jsonable(d: dict) -> dict:
+    r"""``d`` with NumPy scalars as Python numbers and non-finite floats (``xi`` on the critical line, where
+    :math:`\chi\ge1`) as ``None``, as :meth:`mftrnn.FixedPoint.to_dict` does; checked with
+    ``json.dumps(..., allow_nan=False)``."""
     out = {}
     for k, v in d.items():
         if isinstance(v, (np.floating, np.integer)):
@@ -59,7 +63,10 @@ def _jsonable(d: dict) -> dict:
             v = bool(v)
         elif isinstance(v, np.ndarray) and v.ndim == 0:
             v = v.item()
+        if isinstance(v, float) and not math.isfinite(v):
+            v = None
         out[k] = v
+    json.dumps(out, allow_nan=False)  # raises if anything is not JSON (a bug, not bad input)
     return out
 
 
@@ -149,7 +156,8 @@ def critical_rnn_init_(rnn, *, q_star=None, orthogonal: bool = True, mu_b: float
 
     Returns layer 0's dict (keys of :func:`~mftrnn.theory.critical.vanilla_critical`: ``sigma_w, sigma_v, sigma_b, mu_b,
     R, q_star, Q_star, chi, xi, chi_q, multistable``) plus ``orthogonal``, ``num_layers`` and ``layers`` (one such
-    dict per layer). Raises :class:`~mftrnn.MftrnnError` for unsupported modules (LSTM, GRU, ReLU RNNs, ...),
+    dict per layer). JSON-ready: an infinite ``xi`` (on the critical line :math:`\chi = 1`, or :math:`\chi > 1`) is
+    ``None``, as in :meth:`mftrnn.FixedPoint.to_dict`. Raises :class:`~mftrnn.MftrnnError` for unsupported modules (LSTM, GRU, ReLU RNNs, ...),
     :class:`~mftrnn.DomainError` for infeasible or inconsistent hyperparameters (e.g. a bias mean without biases).
     """
     layers = _vanilla_layers(rnn)
@@ -179,7 +187,9 @@ def critical_rnn_init_(rnn, *, q_star=None, orthogonal: bool = True, mu_b: float
             if b_other is not None:
                 b_other.zero_()
         R_l = hp["Q_star"]
-    return {**chosen[0], "orthogonal": bool(orthogonal), "num_layers": len(chosen), "layers": chosen}
+    out = {**chosen[0], "orthogonal": bool(orthogonal), "num_layers": len(chosen), "layers": chosen}
+    json.dumps(out, allow_nan=False)  # JSON-ready (the module docstring's promise)
+    return out
 
 
 # ============================================================================================= minimalRNN
@@ -263,8 +273,8 @@ def critical_minimal_init_(module, *, T=None, k: float = 1.0, sigma_w=None, orth
     if Phi is not None:
         _fill_embedding(Phi, embedding, generator)
         phi_b.zero_()
-    out = {**hp, "orthogonal": bool(orthogonal), "embedding": embedding if Phi is not None else None,
-           "num_layers": 1}
+    out = _jsonable({**hp, "orthogonal": bool(orthogonal), "embedding": embedding if Phi is not None else None,
+                     "num_layers": 1})
     if rnn is not None:
         rnn.hyperparameters = out
     return out

@@ -63,7 +63,7 @@ from .numeric import Compiled
 
 __all__ = ["vanilla_critical_line", "vanilla_critical", "vanilla_min_q_star", "minimal_critical_mu_b",
            "minimal_critical_sigma_w", "minimal_for_timescale", "minimal_mu_b_roots", "MU_B_STEP", "XI_MAX",
-           "SIGMA_W_GRID", "MAX_SPREAD"]
+           "SIGMA_W_GRID", "MAX_SPREAD", "MAX_SCAN_POINTS"]
 
 #: grid step in mu_b of the scans for chi = target (features narrower than this can be missed)
 MU_B_STEP = 0.05
@@ -75,6 +75,10 @@ XI_MAX = 1e6
 SIGMA_W_GRID = tuple(np.round(np.arange(1, 13) * 0.25, 4))
 #: default bound on the T-step relative spectral variance T*r in minimal_for_timescale
 MAX_SPREAD = 0.1
+#: most points of a scan in mu_b (per sigma_w; step MU_B_STEP). The scan range grows with the pre-activation
+#: variance (the gate bias must exceed ~q/2), so this bounds it to q_in = sigma_v^2 R + sigma_b^2 below ~900 and
+#: sigma_w^2 R below ~1e5; larger values are refused with a DomainError before anything is allocated
+MAX_SCAN_POINTS = 20_000
 _ROOT_XTOL = 1e-12  # bisection width (relative to max(1, |mu_b|))
 _JUMP_TOL = 1e-6    # |chi(a) - chi(b)| above this across a bracket of width _ROOT_XTOL: a jump, not a root
 
@@ -317,6 +321,17 @@ def _mu_b_range(sigma_w, fixed, xi_target=None):
     return lo, hi
 
 
+def _scan_points(lo: float, hi: float, fixed: dict, sigma_w=None) -> int:
+    """Number of points of a mu_b scan over [lo, hi] at step MU_B_STEP; DomainError above MAX_SCAN_POINTS."""
+    num = (hi - lo) / MU_B_STEP
+    if not (math.isfinite(num) and num + 1 <= MAX_SCAN_POINTS):
+        sw = "" if sigma_w is None else f"sigma_w={float(np.max(sigma_w)):g}, "
+        raise DomainError(f"pre-activation variance too large for the scan in mu_b ({sw}{_describe(fixed)}): "
+                          f"mu_b in [{lo:.4g}, {hi:.4g}] needs {num:.3g} points of step {MU_B_STEP}, at most "
+                          f"{MAX_SCAN_POINTS} (about sigma_v^2 R + sigma_b^2 <= 900 and sigma_w^2 R <= 1e5)")
+    return int(math.ceil(num)) + 1
+
+
 def minimal_mu_b_roots(sigma_w, chi_target, *, sigma_v=1.0, sigma_b=0.0, R=1.0, mu_b_range=None) -> list:
     r"""All gate biases :math:`\mu_b` where the minimalRNN's :math:`\chi` (at its least stable fixed point) crosses
     ``chi_target``, for each ``sigma_w`` (scalar or 1-d array).
@@ -342,7 +357,7 @@ def minimal_mu_b_roots(sigma_w, chi_target, *, sigma_v=1.0, sigma_b=0.0, R=1.0, 
         lo, hi = (float(v) for v in _as_array("mu_b_range", mu_b_range).reshape(2))
         if not lo < hi:
             raise DomainError(f"mu_b_range must be (lo, hi) with lo < hi, got {mu_b_range!r}")
-    num = int(math.ceil((hi - lo) / MU_B_STEP)) + 1
+    num = _scan_points(lo, hi, fixed, sw)
     mu = np.linspace(lo, hi, num)
     res = _minimal_fp(sw[:, None], mu[None, :], fixed)
     g = (res["chi"] - target).reshape(sw.size, num)
@@ -399,6 +414,7 @@ def _max_local_chi(sigma_w, fixed):
     from scipy.optimize import minimize_scalar
 
     lo, hi = _mu_b_range(sigma_w, fixed)
+    _scan_points(lo, hi, fixed, sigma_w)
     mu = np.arange(lo, hi + MU_B_STEP / 2, MU_B_STEP)
     chi = _minimal_fp(np.full(mu.size, sigma_w), mu, fixed)["chi"]
     inner = np.flatnonzero((chi[1:-1] >= chi[:-2]) & (chi[1:-1] > chi[2:]) & np.isfinite(chi[1:-1])) + 1

@@ -89,7 +89,7 @@ from .quadrature import WINDOW, _rule, nodes_for
 
 __all__ = ["StepJacobian", "step_jacobian", "CoefficientLaw", "coefficient_law", "coefficient_moment",
            "spectral_moments", "step_moments", "product_moments", "isometry",
-           "state_moments"]
+           "state_moments", "MAX_T"]
 
 
 # ----------------------------------------------------------------------------------------- symbolic Jacobian
@@ -351,6 +351,33 @@ def _step(cell, orthogonal, hyperparameters):
     return cell, hp, fp, pieces, m1, variance
 
 
+def _relative_variance(pieces: _Pieces, orthogonal: bool, m1, variance):
+    r"""One step's relative variance :math:`r=(m_2-m_1^2)/m_1^2`, finite everywhere.
+
+    Where :math:`m_1` is so small that :math:`m_1^2` underflows (:math:`m_1<10^{-150}`), in particular at
+    :math:`m_1=0` (:math:`\sigma_w=0` for a cell with :math:`a\equiv0`, such as the vanilla RNN, whose Jacobian is
+    then exactly 0), :math:`a\equiv0` and :math:`r` is homogeneous of degree 0 in the weight variances :math:`s_k`:
+    it is evaluated with :math:`s_k\to s_k/\max_l s_l` (all :math:`s_k\to1` where they all vanish), which gives
+    the limit :math:`\sigma_w\to0^+` exactly (vanilla: :math:`r=\mathbb E[d^4]/\mathbb E[d^2]^2-1+\kappa`,
+    :math:`d=\tanh'(e)` at the fixed point of :math:`\sigma_w=0`). Where even then :math:`m_1=0` (the update does
+    not depend on the state for any weights) the spectrum is a point mass at 0 and :math:`r=0` is reported."""
+    m1 = np.asarray(m1, float)
+    variance = np.asarray(variance, float)
+    tiny = m1 < 1e-150
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore", under="ignore"):
+        rv = variance / np.where(tiny, 1.0, m1) ** 2
+    if not np.any(tiny):
+        return rv
+    s = np.asarray(pieces.s, float)
+    smax = np.max(s, axis=0)
+    s_hat = np.where(smax > 0, s / np.where(smax > 0, smax, 1.0), 1.0)
+    limit = _Pieces(pieces.Ea2, pieces.Ea4, pieces.Eb2, pieces.Ea2b2, pieces.Eb2b2, s_hat)
+    m1_hat, v_hat = limit.m1, limit.step_variance(orthogonal)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r_hat = np.where(m1_hat > 0, v_hat / np.where(m1_hat > 0, m1_hat, 1.0) ** 2, 0.0)
+    return np.where(tiny, r_hat, rv)
+
+
 def step_moments(cell, *, orthogonal: bool = False, **hyperparameters) -> dict:
     r"""First two moments of the spectrum of :math:`J_tJ_t^\top` (one step) at the mean-field fixed point, large N.
 
@@ -362,14 +389,14 @@ def step_moments(cell, *, orthogonal: bool = False, **hyperparameters) -> dict:
     docstring). Hyperparameters as in :func:`mftrnn.fixed_point`, scalars or broadcastable arrays.
 
     Returns a dict: ``cell``, ``orthogonal``, the hyperparameters, ``q_star``, ``Q_star``, ``chi`` (the engine's),
-    ``m1``, ``m2``, ``variance`` :math:`=m_2-m_1^2`, ``relative_variance`` :math:`r=m_2/m_1^2-1` (NaN where
-    :math:`m_1=0`), and for one pre-activation the coefficient expectations ``E_a2, E_a4, E_b2, E_a2b2, E_b4``; floats
+    ``m1``, ``m2``, ``variance`` :math:`=m_2-m_1^2`, ``relative_variance`` :math:`r=m_2/m_1^2-1` (finite everywhere:
+    at :math:`m_1=0`, e.g. the vanilla RNN at :math:`\sigma_w=0`, its limit :math:`\sigma_w\to0^+`, see
+    :func:`_relative_variance`), and for one pre-activation the coefficient expectations ``E_a2, E_a4, E_b2, E_a2b2, E_b4``; floats
     for scalar input, arrays of the broadcast shape otherwise.
     """
     cell, hp, fp, pieces, m1, variance = _step(cell, orthogonal, hyperparameters)
     m2 = variance + m1 ** 2
-    with np.errstate(divide="ignore", invalid="ignore"):
-        rv = np.where(m1 > 0, variance / np.where(m1 > 0, m1, 1.0) ** 2, np.nan)
+    rv = _relative_variance(pieces, bool(orthogonal), m1, variance)
     out = {"cell": cell.name, "orthogonal": bool(orthogonal)}
     out.update({k: _scalar_or_array(v) for k, v in hp.items()})
     out.update(q_star=_scalar_or_array(fp.q_star), Q_star=_scalar_or_array(fp.Q_star), chi=_scalar_or_array(fp.chi),
@@ -382,12 +409,103 @@ def step_moments(cell, *, orthogonal: bool = False, **hyperparameters) -> dict:
     return out
 
 
+#: largest number of steps :func:`product_moments` accepts (the cost does not grow with T: closed forms, O(log T)
+#: doubling; beyond 2**53 a float no longer holds every integer)
+MAX_T = 2 ** 53
+
+
 def _check_T(T):
-    t = np.asarray(T)
-    if t.dtype == bool or not np.issubdtype(t.dtype, np.number) or not np.all(np.isfinite(t)) \
-            or np.any(t != np.round(t)) or np.any(t < 1):
-        raise DomainError(f"T must be an integer >= 1 (or an array of them), got {T!r}")
-    return t.astype(int)
+    bad = DomainError(f"T must be an integer in [1, {MAX_T}] (or an array of them), got {T!r}")
+    if isinstance(T, bool):
+        raise bad
+    if isinstance(T, int):  # a Python int of any size: no float round-off, no int64 overflow
+        if not 1 <= T <= MAX_T:
+            raise bad
+        return np.asarray(T, dtype=np.int64)
+    try:
+        t = np.asarray(T)
+    except (TypeError, ValueError, OverflowError):
+        raise bad from None
+    if t.dtype == bool or not np.issubdtype(t.dtype, np.number) or np.issubdtype(t.dtype, np.complexfloating):
+        raise bad
+    with np.errstate(invalid="ignore"):
+        ok = np.all(np.isfinite(t)) and np.all(t == np.round(t)) and np.all(t >= 1) and np.all(t <= MAX_T)
+    if not ok:
+        raise bad
+    return t.astype(np.int64)
+
+
+def _log_geometric_sums(log_beta, T):
+    r""":math:`\ln S_T` and :math:`\ln G_T` for :math:`S_n=\sum_{j<n}\beta^j`, :math:`G_n=\sum_{t<n}S_t`, in
+    :math:`O(\log T)` operations (binary powering of the composition rule
+    :math:`(\beta^m,S_m,G_m)\circ(\beta^n,S_n,G_n)=(\beta^{m+n},\,S_m+\beta^mS_n,\,G_m+nS_m+\beta^mG_n)`).
+
+    Every term is non-negative, so the sums are formed in log space (``logaddexp``) without cancellation or
+    overflow, for :math:`\beta` below, at or above 1 alike (relative error of a few ulp times :math:`\ln S,\ln G`).
+    ``log_beta`` may be :math:`-\infty` (:math:`\beta=0`); arrays broadcast with ``T`` (integers >= 1)."""
+    log_beta = np.asarray(log_beta, float)
+    T = np.asarray(T, np.int64)
+    shape = np.broadcast_shapes(log_beta.shape, T.shape)
+    lb = np.broadcast_to(log_beta, shape)
+    T = np.broadcast_to(T, shape)
+    ninf = np.full(shape, -np.inf)
+    # the accumulated product (n_acc steps) and the current power of two (n_pow steps)
+    n_acc = np.zeros(shape, np.int64)
+    P_acc, S_acc, G_acc = np.zeros(shape), ninf.copy(), ninf.copy()
+    P_pow, S_pow, G_pow = lb.copy(), np.zeros(shape), ninf.copy()
+    n_pow = 1
+
+    def compose(Pm, Sm, Gm, Pn, Sn, Gn, n):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            Pmn = np.where(np.isneginf(Pm) | np.isneginf(Pn), -np.inf, Pm + Pn)
+            Smn = np.logaddexp(Sm, np.where(np.isneginf(Pm) | np.isneginf(Sn), -np.inf, Pm + Sn))
+            nS = np.where(np.isneginf(Sm), -np.inf, np.log(np.maximum(n, 1)) + Sm)
+            Gmn = np.logaddexp(np.logaddexp(Gm, nS), np.where(np.isneginf(Pm) | np.isneginf(Gn), -np.inf, Pm + Gn))
+        return Pmn, Smn, Gmn
+
+    rest = T.copy()
+    while np.any(rest > 0):
+        take = (rest & 1).astype(bool)
+        if take.any():
+            P2, S2, G2 = compose(P_acc, S_acc, G_acc, P_pow, S_pow, G_pow, n_pow)
+            P_acc, S_acc, G_acc = (np.where(take, new, old) for new, old in
+                                   ((P2, P_acc), (S2, S_acc), (G2, G_acc)))
+            n_acc = np.where(take, n_acc + n_pow, n_acc)
+        rest = rest >> 1
+        if np.any(rest > 0):
+            P_pow, S_pow, G_pow = compose(P_pow, S_pow, G_pow, P_pow, S_pow, G_pow, n_pow)
+            n_pow *= 2
+    return S_acc, G_acc
+
+
+def _log(x):
+    with np.errstate(divide="ignore"):
+        return np.log(np.asarray(x, float))
+
+
+def _linear(log_value, direct=None):
+    r"""The value :math:`e^{\ell}` of a log ``log_value`` where a float holds it; else None (scalar) or NaN (array
+    entries): the value under- or overflows (:math:`\ell<\ln(\text{smallest normal float})` or
+    :math:`\ell>\ln(\text{largest float})`) and only its log is reported. An exact 0 (:math:`\ell=-\infty`) stays 0.
+    ``direct``, where given, is the value computed in linear space (used where it is finite and normal)."""
+    ell = np.asarray(log_value, float)
+    info = np.finfo(float)
+    lo, hi = math.log(info.tiny), math.log(info.max)
+    with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+        from_log = np.exp(ell)
+        val = from_log if direct is None else np.asarray(direct, float)
+        # the direct value where it is a normal float (else the exponential of the log)
+        val = np.where(np.isfinite(val) & (np.abs(val) >= info.tiny), val, from_log)
+        ok = (ell >= lo) & (ell <= hi) & np.isfinite(val)
+        val = np.where(np.isneginf(ell), 0.0, np.where(ok, val, np.nan))
+    if val.ndim == 0:
+        return None if math.isnan(float(val)) else float(val)
+    return val
+
+
+def _log_scalar_or_array(v):
+    v = np.asarray(v, dtype=float)
+    return float(v) if v.ndim == 0 else v
 
 
 def product_moments(cell, T, *, orthogonal: bool = False, **hyperparameters) -> dict:
@@ -419,39 +537,84 @@ def product_moments(cell, T, *, orthogonal: bool = False, **hyperparameters) -> 
     from :math:`\varphi=\mu=\psi=1` (the last bracket is the free product of :math:`B^2` with the rotation-invariant
     :math:`WXW^\top`; :math:`X'_{ii}\approx a_i^2X_{ii}+s\,b_i^2\varphi`). Setting :math:`\psi=\varphi^2`
     (a rotation-invariant :math:`X`) recovers the free result. Its outcome is returned as ``variance_independent`` and
-    ``relative_variance_independent``; for the vanilla RNN (:math:`a=0`) it equals the free one. (It is evaluated in
-    the centred variables :math:`\mu-\varphi^2`, :math:`\psi-\varphi^2` of :func:`_diagonal_recursion`, free of
-    cancellation near isometry.)
+    ``relative_variance_independent``; for the vanilla RNN (:math:`a=0`) it equals the free one. In the centred and
+    normalised variables :math:`\tilde v=(\mu-\varphi^2)/\varphi^2`, :math:`\tilde d=(\psi-\varphi^2)/\varphi^2` of
+    :func:`_diagonal_recursion` the recursion is linear with constant non-negative coefficients,
+    :math:`\tilde v'=\tilde v+\alpha\tilde d+r`, :math:`\tilde d'=\beta\tilde d+\delta` (:math:`\alpha=
+    \operatorname{Var}(a^2)/m_1^2`, :math:`\beta=\mathbb E[a^4]/m_1^2`, :math:`\delta=\operatorname{Var}(a^2+
+    \sum_ks_kb_k^2)/m_1^2`), solved in closed form:
+
+    .. math:: \text{relative\_variance\_independent} = T\,r + \alpha\,\delta\,G_T,\qquad
+              G_T=\sum_{t<T}\sum_{j<t}\beta^j,
+
+    evaluated in log space by binary powering (:func:`_log_geometric_sums`).
+
+    **Long products.** The cost is :math:`O(\log T)` (no loop over the steps); ``T`` may be up to :data:`MAX_T`
+    (:math:`2^{53}`). Every magnitude is also returned as its natural log, computed without forming the value:
+    ``log_mean`` :math:`=T\ln\chi`, ``log_variance``, ``log_m2``, ``log_variance_independent``,
+    ``log_relative_variance_independent``. Where a value under- or overflows a float (e.g. :math:`\chi^T` for
+    :math:`T\gtrsim 700/|\ln\chi|`) the linear key is ``None`` (NaN in array results) and only its log is reported;
+    an exact 0 (:math:`\chi=0`, or no spread) is 0 with log :math:`-\infty`. The relative variances are
+    finite wherever :math:`r` is (:math:`Tr`), except ``relative_variance_independent`` when :math:`\beta>1` and
+    :math:`\beta^T` overflows (then ``None``/NaN, its log finite).
+
+    **Degenerate limit.** At :math:`\chi=m_1=0` (vanilla RNN at :math:`\sigma_w=0`: :math:`J=0`) the mean and
+    variances are exactly 0 (logs :math:`-\infty`), and the relative variances are their limits
+    :math:`\sigma_w\to0^+`: :math:`Tr` with :math:`r` of :func:`step_moments` (for :math:`a\equiv0` both recursions
+    agree).
 
     ``T`` is an integer >= 1 (or an array, broadcast with the hyperparameters). Returns a JSON-friendly dict (floats for
     scalar input): ``cell``, ``T``, ``orthogonal``, the hyperparameters, ``mean``, ``variance``,
     ``relative_variance``, ``m2`` (:math:`\tfrac1N\operatorname{tr}(JJ^\top)^2`), ``variance_independent``,
-    ``relative_variance_independent``, ``chi``, ``variance_step``, ``relative_variance_step``, ``q_star``, ``Q_star``.
+    ``relative_variance_independent``, ``chi``, ``variance_step``, ``relative_variance_step``, ``q_star``,
+    ``Q_star``, and the ``log_*`` keys above.
     """
     Tarr = _check_T(T)
     cell, hp, fp, pieces, m1, variance_step = _step(cell, orthogonal, hyperparameters)
+    orth = bool(orthogonal)
+    rv = _relative_variance(pieces, orth, m1, variance_step)
+    m1 = np.asarray(m1, float)
+    Tf = Tarr.astype(float)
     with np.errstate(over="ignore", under="ignore", divide="ignore", invalid="ignore"):
-        rv = np.where(m1 > 0, variance_step / np.where(m1 > 0, m1, 1.0) ** 2, np.nan)
-        mean = m1 ** Tarr
-        rel = Tarr * rv
-        variance = rel * mean ** 2
-        # exact recursion for independent coefficients, run to max(T) and read off at each T
-        shape = np.broadcast_shapes(np.shape(m1), Tarr.shape)
-        Tb = np.broadcast_to(Tarr, shape)
-        phi, v, d = np.ones(np.shape(m1)), np.zeros(np.shape(m1)), np.zeros(np.shape(m1))  # X = I
-        var_ind = np.full(shape, np.nan)
-        for t in range(1, int(Tarr.max()) + 1):
-            phi, v, d = _diagonal_recursion(pieces, bool(orthogonal), phi, v, d)
-            var_ind = np.where(Tb == t, np.broadcast_to(v, shape), var_ind)
-        rel_ind = np.where(mean > 0, var_ind / np.where(mean > 0, mean, 1.0) ** 2, np.nan)
-    out = {"cell": cell.name, "orthogonal": bool(orthogonal), "T": int(Tarr) if Tarr.ndim == 0 else Tarr}
+        log_m1 = _log(m1)
+        log_mean = np.where(m1 > 0, Tf * np.where(m1 > 0, log_m1, 0.0), -np.inf)
+        rel = Tf * rv
+        log_rel = _log(rel)
+        log_variance = np.where(np.isneginf(log_rel) | np.isneginf(log_mean), -np.inf, log_rel + 2 * log_mean)
+        log_m2 = np.where(np.isneginf(log_mean), -np.inf, 2 * log_mean + np.log1p(rel))
+        mean_direct = m1 ** Tarr
+        # independent coefficients: T r + alpha delta G_T (only where a is not identically 0, i.e. m1 > 0 with
+        # alpha > 0; else it is the free result)
+        m1p = np.where(m1 > 0, m1, 1.0)
+        A = np.maximum(pieces.Ea4 - pieces.Ea2 ** 2, 0.0)
+        log_alpha = _log(A) - 2 * _log(m1p)
+        log_beta = _log(pieces.Ea4) - 2 * _log(m1p)
+        log_delta = _log(pieces.diagonal_variance()) - 2 * _log(m1p)
+        active = (m1 > 0) & (A > 0)
+        _, log_G = _log_geometric_sums(np.where(active, log_beta, -np.inf), Tarr)
+        extra = np.where(active & np.isfinite(log_delta) & ~np.isneginf(log_G),
+                         np.where(active, log_alpha, 0.0) + np.where(np.isfinite(log_delta), log_delta, 0.0)
+                         + np.where(np.isneginf(log_G), 0.0, log_G), -np.inf)
+        log_rel_ind = np.logaddexp(log_rel, extra)
+        log_var_ind = np.where(np.isneginf(log_rel_ind) | np.isneginf(log_mean), -np.inf,
+                               log_rel_ind + 2 * log_mean)
+    mean = _linear(log_mean, mean_direct)
+    mean_arr = np.asarray(np.nan if mean is None else mean, float)
+    with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+        variance = _linear(log_variance, rel * mean_arr * mean_arr)  # (no intermediate mean^2 to underflow)
+        m2 = _linear(log_m2, (1.0 + rel) * mean_arr * mean_arr)
+        rel_ind = _linear(log_rel_ind, np.where(np.isneginf(extra), rel, np.exp(log_rel_ind)))
+        rel_ind_arr = np.asarray(np.nan if rel_ind is None else rel_ind, float)
+        var_ind = _linear(log_var_ind, rel_ind_arr * mean_arr * mean_arr)
+    out = {"cell": cell.name, "orthogonal": orth, "T": int(Tarr) if Tarr.ndim == 0 else Tarr}
     out.update({k: _scalar_or_array(v) for k, v in hp.items()})
-    out.update(mean=_scalar_or_array(mean), variance=_scalar_or_array(variance),
-               relative_variance=_scalar_or_array(rel),
-               m2=_scalar_or_array(variance + mean ** 2), variance_independent=_scalar_or_array(var_ind),
-               relative_variance_independent=_scalar_or_array(rel_ind), chi=_scalar_or_array(fp.chi),
+    out.update(mean=mean, variance=variance, relative_variance=_scalar_or_array(rel), m2=m2,
+               variance_independent=var_ind, relative_variance_independent=rel_ind, chi=_scalar_or_array(fp.chi),
                variance_step=_scalar_or_array(variance_step), relative_variance_step=_scalar_or_array(rv),
-               q_star=_scalar_or_array(fp.q_star), Q_star=_scalar_or_array(fp.Q_star))
+               q_star=_scalar_or_array(fp.q_star), Q_star=_scalar_or_array(fp.Q_star),
+               log_mean=_log_scalar_or_array(log_mean), log_variance=_log_scalar_or_array(log_variance),
+               log_m2=_log_scalar_or_array(log_m2), log_variance_independent=_log_scalar_or_array(log_var_ind),
+               log_relative_variance_independent=_log_scalar_or_array(log_rel_ind))
     return out
 
 

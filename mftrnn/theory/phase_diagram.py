@@ -9,15 +9,18 @@ import sys
 
 import numpy as np
 
-from ..errors import ConvergenceError
+from ..errors import ConvergenceError, DomainError
 from .fixed_point import fixed_point
 
-__all__ = ["compute_grid", "plot_phase_diagram", "TEX", "tex", "CHUNK_POINTS"]
+__all__ = ["compute_grid", "plot_phase_diagram", "TEX", "tex", "CHUNK_POINTS", "MAX_GRID_POINTS"]
 
 TEX = {"sigma_w": r"$\sigma_w$", "sigma_v": r"$\sigma_v$", "sigma_b": r"$\sigma_b$",
        "mu_b": r"$\mu_b$", "R": r"$R$"}
 CHUNK_POINTS = 8192  # grid points per call of fixed_point (bounded memory, a progress bar that moves)
 _KEYS = ("chi", "xi", "Q_star", "q_star", "chi_q")
+#: most points of a grid (2**24, about 16.8 million: its five result arrays take 0.7 GB); larger grids are refused
+#: before anything is allocated
+MAX_GRID_POINTS = 2 ** 24
 
 
 def _describe(params: dict) -> str:
@@ -29,7 +32,8 @@ def compute_grid(cell: str, x_name: str, x: np.ndarray, y_name: str, y: np.ndarr
     """Evaluate :func:`~mftrnn.fixed_point` on the grid (rows: ``y``, columns: ``x``) in row chunks.
 
     Returns arrays ``chi, xi, Q_star, q_star, chi_q`` of shape ``(len(y), len(x))``. A progress bar (stderr)
-    appears when the run takes more than 1.5 s.
+    appears when the run takes more than 1.5 s. Raises :class:`~mftrnn.DomainError` for a grid of more than
+    :data:`MAX_GRID_POINTS` points (before allocating the results).
     """
     from tqdm import tqdm
 
@@ -38,6 +42,8 @@ def compute_grid(cell: str, x_name: str, x: np.ndarray, y_name: str, y: np.ndarr
     gated = isinstance(get_cell(cell), GatedCell)
     keys = ("chi", "xi", "Q_star") if gated else _KEYS
     ny, nx = len(y), len(x)
+    if ny * nx > MAX_GRID_POINTS:
+        raise DomainError(f"grid of {nx} x {ny} points is too large (at most {MAX_GRID_POINTS})")
     out = {k: np.empty((ny, nx)) for k in keys}
     rows = max(1, CHUNK_POINTS // nx)
     with tqdm(total=ny * nx, unit="pt", unit_scale=True, delay=1.5, file=sys.stderr,
