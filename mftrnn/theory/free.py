@@ -445,8 +445,21 @@ class FreeProduct:
         return sum(f.n_hidden for f, _ in self.terms)
 
     @property
+    def log_mean(self) -> float:
+        r""":math:`\ln m_1` (finite where the mean itself under- or overflows, e.g. many steps)."""
+        return float(sum(k * math.log(f.m1) for f, k in self.terms))
+
+    @property
     def mean(self) -> float:
         return float(np.prod([f.m1 ** k for f, k in self.terms]))
+
+    def check_range(self):
+        """:class:`~mftrnn.DomainError` when the law's scale (its mean) lies outside double precision's range, where
+        no density can be computed (e.g. a product of many contracting steps)."""
+        lm = self.log_mean
+        if not -650.0 < lm < 650.0:
+            raise DomainError(f"the spectrum's mean m1 = 10^{lm / math.log(10):.0f} is outside the range of double "
+                              f"precision; reduce the number of steps T")
 
     @property
     def relative_variance(self) -> float:
@@ -670,23 +683,30 @@ def _solve(prod, x, eta, eta0):
         raise DomainError("spectral points x must be finite and positive")
     if not (np.isfinite(eta) and 0 < eta < 1):
         raise DomainError(f"eta (relative imaginary part) must lie in (0, 1), got {eta!r}")
+    prod.check_range()
     m1, m2 = prod.moments()
-    e0 = float(eta0) if eta0 is not None else 10.0 * max(m2 / m1, x.max())
+    # the start depends on the law only (not on the points asked for), and so does every point's path below: each
+    # point follows its own continuation, and the axis column is not cut short at the lowest point, so the value at
+    # a point does not depend on which other points are computed with it
+    e0 = float(eta0) if eta0 is not None else 10.0 * m2 / m1
     if not (np.isfinite(e0) and e0 > 0):
         raise DomainError(f"eta0 must be finite and positive, got {eta0!r}")
     n = x.size
     xa = np.concatenate([x, [0.0]])
     l_branch = np.log(_BRANCH_OFF * x)
-    l_fin = np.minimum(np.concatenate([np.log(eta * x), [l_branch.min()]]), math.log(e0))
-    U = prod.init_unknowns(m1 / (xa + 1j * e0))
+    l_stop = l_branch.min()  # the axis column runs (in its own steps) until it has passed every point's branch-off
+    # a point at or above e0 / 10 starts on its own at eta = max(e0, 10 x) (far above it: w ~ m1 / zeta is accurate)
+    e0s = np.maximum(e0, np.concatenate([_BRANCH_OFF * x, [0.0]]))
+    l_fin = np.minimum(np.concatenate([np.log(eta * x), [l_stop - 1e3]]), np.log(e0s))
+    U = prod.init_unknowns(m1 / (xa + 1j * e0s))
     U_prev = np.full_like(U, np.nan)
-    l_cur = np.full(n + 1, math.log(e0))
+    l_cur = np.log(e0s)
     l_prev = np.full(n + 1, np.nan)
     dl = np.full(n + 1, math.log(_STAGE_RATIO))
     use_pred = np.ones(n + 1, bool)
     started = np.concatenate([_BRANCH_OFF * x >= e0, [True]])
     done = np.zeros(n + 1, bool)
-    done[n] = l_cur[n] <= l_fin[n]
+    done[n] = l_cur[n] <= l_stop
     history = [(l_cur[n], U[:, n].copy(), l_prev[n], U_prev[:, n].copy(), dl[n])]  # states of the axis column
     for _ in range(_MAX_STEPS):
         # points passed by the axis column start from its last state with eta >= 10 x
@@ -716,6 +736,7 @@ def _solve(prod, x, eta, eta0):
         done[good[final[ok]]] = True
         if ok[-1] and act[-1] == n:
             history.append((l_cur[n], U[:, n].copy(), l_prev[n], U_prev[:, n].copy(), dl[n]))
+            done[n] = l_cur[n] <= l_stop
         dl[good] = np.maximum(dl[good] * 1.5, math.log(_MAX_RATIO))
         use_pred[good] = True
         # a failed step is retried without the predictor, then with half the step

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import sympy as sp
 
 from ..cells.registry import Cell, Sigma, R, get_cell
-from ..errors import MftrnnError
+from ..errors import DomainError, MftrnnError
 from .gaussian import E, E2, EPS, EPS_A, EPS_B
 
 __all__ = ["MeanField", "mean_field", "Q", "Q_a", "Q_b", "C", "M", "M_a", "M_b"]
@@ -112,6 +112,9 @@ class MeanField:
 
     def __init__(self, cell: Cell):
         self.cell = cell = get_cell(cell)
+        if not cell.preactivations:
+            raise DomainError(f"cell {cell.name!r} has no pre-activation: the mean-field theory needs at least one "
+                              f"Gaussian field e = W h + V x + b")
         pre = [p.symbol for p in cell.preactivations]
         self._pre = pre
         single = len(pre) == 1
@@ -176,6 +179,13 @@ class MeanField:
             a = Mmap.diff(M)
             b = Mmap.subs(M, 0)
             Qmap = Qmap.subs(M, b / (1 - a))
+        singular = set()
+        for expr in (Qmap, Qmap.diff(Q), self.covariance_map):
+            singular |= {type(f).__name__ for f in expr.atoms(sp.DiracDelta, sp.Heaviside)}
+        if singular:
+            raise DomainError(f"cell {cell.name!r}: the update {cell.update} is not smooth (its mean-field maps or "
+                              f"slopes contain {', '.join(sorted(singular))}), which the Gaussian quadrature cannot "
+                              f"evaluate; use a smooth function (e.g. tanh(k*e) for sign(e))")
         self.M_map = Mmap
         self.Q_map = Qmap
         self.chi_q = Qmap.diff(Q)

@@ -13,6 +13,7 @@ import numpy as np
 import sympy as sp
 from scipy.special import expit
 
+from ..errors import DomainError
 from .gaussian import E, E2, EPS, EPS_A, EPS_B, STRIP_HALF_WIDTH, sigmoid
 from .quadrature import expect2_numeric, expect_numeric
 
@@ -159,6 +160,12 @@ class Compiled:
         self.exprs = remaining
 
     def __call__(self, *values, rule: str = "fine"):
+        try:
+            return self._call(values, rule)
+        except NameError as err:  # a function lambdify could not translate (e.g. a distribution such as DiracDelta)
+            raise DomainError(f"cannot evaluate the mean-field maps numerically: {err}") from None
+
+    def _call(self, values, rule):
         arrays = np.broadcast_arrays(*(np.asarray(v, dtype=float) for v in values)) if values else []
         shape = arrays[0].shape if arrays else ()
         env = [a.ravel() for a in arrays]

@@ -120,6 +120,44 @@ def nodes_for(s: np.ndarray, d: float, tol: float = TOL, h_gauss: float = H_GAUS
     return _BUCKETS[_bucket_index(np.asarray(s, dtype=float), d, tol, h_gauss, window)]
 
 
+#: largest power of the logistic complement (``sigmoid(-e) ~ e^{-e}``) or of ``1 - tanh^2 ~ 4 e^{-2|e|}`` (which counts
+#: twice) assumed in an integrand: its exponential tilt moves the integrand's mass to :math:`\xi\approx -k\,s`
+_TILT = 4.0
+#: beyond this |mu| the cheap rules run in double precision: their single-precision exponentials underflow
+#: (e^{-2 mu} < 1e-38 at mu > 44), and the cancellation-free complements of the maps are then lost
+_SINGLE_MU = 20.0
+
+
+def _windows(mu, s, tol, window):
+    r"""Window half-width per point: the rule's, widened where the integrand's mass lies far from the centre.
+
+    At a large mean the complements of the activations are exponentials, :math:`\sigma(-e)^k \approx e^{-k(\mu +
+    s\xi)}`, whose Gaussian-weighted mass sits at :math:`\xi\approx -ks` (or at the activation's transition
+    :math:`\xi = -|\mu|/s`, whichever is nearer): the window must reach that far plus the Gaussian tail for ``tol``.
+    Widths are rounded up to steps of a quarter of the rule's window (few distinct node sets).
+    """
+    with np.errstate(divide="ignore", invalid="ignore"):
+        shift = np.where(s > 0, np.minimum(_TILT * s, np.abs(mu) / np.where(s > 0, s, 1.0)), 0.0)
+    need = shift + np.sqrt(2.0 * np.log(1.0 / tol))
+    k = np.ceil(np.maximum(need - window, 0.0) / (0.25 * window))
+    return window * (1.0 + 0.25 * np.minimum(k, 40))
+
+
+def _partition(mu, s, rule):
+    """Groups of point indices sharing a window and a floating-point type: [(idx, window, dtype)]."""
+    tol, _, window = RULES[rule]
+    wins = _windows(mu, s, tol, window)
+    dtype = DTYPES[rule]
+    wide = np.abs(mu) > _SINGLE_MU if dtype != np.float64 else np.zeros(mu.shape, bool)
+    out = []
+    for wv in np.unique(wins):
+        for dbl in (False, True):
+            idx = np.nonzero((wins == wv) & (wide == dbl))[0]
+            if idx.size:
+                out.append((idx, float(wv), np.float64 if dbl else dtype))
+    return out
+
+
 def expect_numeric(funcs, mu, q, d: float, rule: str = "fine") -> list[np.ndarray]:
     r"""Evaluate :math:`\mathbb E[f_k(\mu+\sqrt q\,\xi)]` for several integrands at once.
 
@@ -128,11 +166,26 @@ def expect_numeric(funcs, mu, q, d: float, rule: str = "fine") -> list[np.ndarra
     of :data:`RULES`: the cheaper ones serve the first iterations of a root finder and scans for sign changes.
     Points are sorted by node count once, so that every block is a contiguous slice.
     """
-    tol, h_gauss, window = RULES[rule]
-    dtype = DTYPES[rule]
     mu, q = np.broadcast_arrays(np.asarray(mu, float), np.asarray(q, float))
     mu, q = mu.ravel(), q.ravel()
     s = np.sqrt(q)
+    groups = _partition(mu, s, rule) if mu.size else []
+    if len(groups) <= 1:
+        window, dtype = (groups[0][1], groups[0][2]) if groups else (RULES[rule][2], DTYPES[rule])
+        return _expect_group(funcs, mu, s, d, rule, window, dtype)
+    out = None
+    for idx, window, dtype in groups:
+        vals = _expect_group(funcs, mu[idx], s[idx], d, rule, window, dtype)
+        if out is None:
+            out = [np.empty(mu.size) for _ in vals]
+        for o, v in zip(out, vals):
+            o[idx] = v
+    return out
+
+
+def _expect_group(funcs, mu, s, d, rule, window, dtype):
+    """:func:`expect_numeric` for points sharing a window half-width and a floating-point type."""
+    tol, h_gauss, _ = RULES[rule]
     k = _bucket_index(s, d, tol, h_gauss, window).astype(np.uint8)
     order = np.argsort(k, kind="stable")  # radix sort for small integers
     k = k[order]
@@ -171,10 +224,28 @@ def expect2_numeric(funcs, mu_a, mu_b, q_a, q_b, q_ab, d: float, rule: str = "fi
     :math:`\xi_2`): factors of the integrand that depend on :math:`e^a` alone are evaluated ``n`` times, not
     ``n**2``. Cost grows as the square of the node count: the cheap rules serve root finders' iterations.
     """
-    tol, h_gauss, window = RULES[rule]
-    dtype = DTYPES[rule]
     arrs = np.broadcast_arrays(*(np.asarray(v, float) for v in (mu_a, mu_b, q_a, q_b, q_ab)))
     mu_a, mu_b, q_a, q_b, q_ab = (v.ravel() for v in arrs)
+    smax = np.sqrt(np.maximum(q_a, q_b))
+    # the window of the wider of the two means (the integrand's mass lies within the larger shift)
+    mu_wide = np.where(np.abs(mu_a) < np.abs(mu_b), mu_a, mu_b)
+    groups = _partition(mu_wide, smax, rule) if mu_a.size else []
+    if len(groups) <= 1:
+        window, dtype = (groups[0][1], groups[0][2]) if groups else (RULES[rule][2], DTYPES[rule])
+        return _expect2_group(funcs, mu_a, mu_b, q_a, q_b, q_ab, d, rule, window, dtype)
+    out = None
+    for idx, window, dtype in groups:
+        vals = _expect2_group(funcs, mu_a[idx], mu_b[idx], q_a[idx], q_b[idx], q_ab[idx], d, rule, window, dtype)
+        if out is None:
+            out = [np.empty(mu_a.size) for _ in vals]
+        for o, v in zip(out, vals):
+            o[idx] = v
+    return out
+
+
+def _expect2_group(funcs, mu_a, mu_b, q_a, q_b, q_ab, d, rule, window, dtype):
+    """:func:`expect2_numeric` for points sharing a window half-width and a floating-point type."""
+    tol, h_gauss, _ = RULES[rule]
     s_a, s_b = np.sqrt(q_a), np.sqrt(q_b)
     denom = s_a * s_b
     with np.errstate(invalid="ignore", divide="ignore"):

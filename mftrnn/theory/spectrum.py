@@ -317,6 +317,7 @@ def _spectral_law(cell, T, orthogonal, items):
     hp = dict(items)
     prod1 = step_law(cell, orthogonal=orthogonal, **hp)
     prod = FreeProduct(tuple((f, k * T) for f, k in prod1.terms))
+    prod.check_range()
     name = cell if isinstance(cell, str) else getattr(cell, "name", str(cell))
     atoms = None
     if T == 1 and all(isinstance(f, (DiagonalLaw, PointMass)) for f, _ in prod.terms):
