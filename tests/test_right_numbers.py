@@ -216,3 +216,12 @@ def test_minimal_iteration_from_zero_stays_below(sigma_w, mu_b):
     fp = fixed_point("minimal", sigma_w=sigma_w, mu_b=mu_b)
     it = iterate_maps("minimal", 150, Q0=0.0, sigma_w=sigma_w, mu_b=mu_b)["Q_a"]
     assert it[-1] <= fp.Q_star * (1 + 1e-10)
+
+
+def test_near_tangent_map_is_not_refused():
+    """Just above the bifurcation (sigma_v = 0, sigma_w -> 1+) the map is nearly tangent at Q* (dg -> 0): the
+    residual there is at rounding level and the point must be returned, not refused (the book's critical line
+    crosses it). Q* ~ 3 (sigma_w - 1) for the vanilla RNN from the expansion of E[tanh^2]."""
+    for d in (1e-4, 1e-6, 1e-7):
+        fp = fixed_point("vanilla", sigma_w=1.0 + d, sigma_v=0.0, sigma_b=0.0)
+        assert 0 < float(fp.Q_star) < 10 * d

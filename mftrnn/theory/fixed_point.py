@@ -114,7 +114,8 @@ def _upper_bound_fn(cell):
 def _guard(cell, Qstar, chi, chi_q, g, dg, qs, hp):
     r"""Refuse to return numbers that break what the theory guarantees (:class:`~mftrnn.ConvergenceError`): finite
     values, :math:`Q^*\ge0`, pre-activation variances :math:`\ge0`, :math:`\chi\ge0` (a mean squared Jacobian),
-    :math:`Q^*` a root of the map (its Newton step below 1e-8 relative) and the cell's bound
+    :math:`Q^*` a root of the map (its Newton step below 1e-8 relative, or its residual at rounding level) and the
+    cell's bound
     (:func:`_upper_bound`)."""
     name = cell.name
     for what, arr in (("Q_star", Qstar), ("chi", chi), ("chi_q", chi_q), *(("q_star", q) for q in qs)):
@@ -126,7 +127,10 @@ def _guard(cell, Qstar, chi, chi_q, g, dg, qs, hp):
         raise ConvergenceError(f"negative chi = {np.min(chi):.3g} for cell {name!r}")
     with np.errstate(all="ignore"):
         step = np.abs(g / dg)
-    off = (g != 0) & ~(step <= 1e-8 * np.maximum(Qstar, 1e-300))
+    # a residual at rounding level (|g| <= 1e-12 Q*) passes even where the map is nearly tangent (dg -> 0 at a
+    # bifurcation, e.g. sigma_v = 0 and sigma_w -> 1+), whose Newton step then says nothing about the root
+    # (measured: |g| = 1.1e-13 Q* at sigma_w = 1 + 1e-7, a relative Newton step of 4e-7 there)
+    off = (np.abs(g) > 1e-12 * Qstar) & ~(step <= 1e-8 * np.maximum(Qstar, 1e-300))
     if np.any(off):
         raise ConvergenceError(f"fixed point of cell {name!r} does not satisfy its map at {np.count_nonzero(off)} "
                                f"of {Qstar.size} points")
