@@ -39,7 +39,14 @@ tests), and at :math:`T=1` the law is reported as the histogram of these atoms (
 :attr:`SpectralLaw.atoms`) without any inversion; other cells use 16 atoms of the carried variable
 (``coefficient_law(..., n_state=16)``), which lowers the Kolmogorov distance to a network at :math:`T=1` from 0.035
 (6 atoms) to 0.015 (measured, minimalRNN, :math:`\sigma_w=2`, :math:`\mu_b=3`, untied, 3 networks of :math:`N=500`).
-Remaining bumps from the atoms show in the pointwise density at small :math:`T`; the CDF is accurate.
+Remaining bumps from the atoms show in the pointwise density at small :math:`T`; the CDF is accurate. Atoms of tiny
+weight (the quadrature's Gaussian tails reach weights of 1e-27) give narrow, genuine components of the law of the
+discrete coefficients, away from the bulk: for the minimalRNN with Haar :math:`W`, :math:`\sigma_w=2`,
+:math:`\mu_b=3`, :math:`T=5` (bulk from about 5e-3 to 2.6) there are components on [1.0735e-4, 1.1033e-4] (peak
+density 9.8e-3, mass ~3e-8), near 1.0592e-4 (relative width 7e-5), 2.6e-4, 5.9e-4, 6.1e-4..6.8e-4 and 4.09..4.13,
+confirmed by an independent continuation in :math:`x` (``tests/test_spectral_branches.py``); between them the density
+is :math:`O(\eta)` (~1e-10). They carry negligible mass; a continuous coefficient law would smear them into a thin
+tail. :meth:`SpectralLaw.support` sees the component at 4.1 (it reports the upper edge there).
 
 **Accuracy** (``tests/test_spectrum.py``, Kolmogorov distance to the eigenvalues of 2 networks of :math:`N=500`;
 tolerance 0.062 from the Dvoretzky-Kiefer-Wolfowitz bound for 1000 coefficient samples): vanilla RNN, Gaussian
