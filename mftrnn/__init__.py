@@ -57,3 +57,11 @@ __all__ = [
     "minimal_critical_sigma_w", "minimal_for_timescale",
     "free", "SpectralLaw", "spectral_density", "spectral_grid", "spectral_law",
 ]
+
+
+def __getattr__(name):
+    """``mftrnn.diagnose``, imported on first use: it needs torch, which ``import mftrnn`` never loads."""
+    if name == "diagnose":
+        from .nets.diagnose import diagnose
+        return diagnose
+    raise AttributeError(f"module 'mftrnn' has no attribute {name!r}")

@@ -89,7 +89,7 @@ def test_text_output(capsys):
     (["minimal", "--sigma-w", "2"], "no chi = 1 point"),
     (["minimal", "--sigma-w", "5", "--gaussian"], "--gaussian"),
     (["elman", "--T", "10"], "unknown cell"),
-    (["lstm", "--T", "10"], "no critical initialisation for cell 'lstm'"),
+    (["gru-reset-before", "--T", "10"], "no critical initialisation for cell 'gru-reset-before'"),
 ])
 def test_one_line_errors(capsys, argv, fragment):
     rc, out, err = run_cli(capsys, "critical", *argv)

@@ -82,7 +82,8 @@ BAD = {
     "critical": [
         ["critical", "vanilla"],
         ["critical", "elman", "--q-star", "1"],
-        ["critical", "lstm", "--T", "10"],
+        ["critical", "lstm", "--T", "0"],
+        ["critical", "gru", "--T", "10", "--k", "-1"],
         ["critical", "vanilla", "--q-star", "-1"],
         ["critical", "vanilla", "--q-star", "0"],
         ["critical", "vanilla", "--q-star", "nan"],

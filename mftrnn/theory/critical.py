@@ -649,3 +649,19 @@ register_critical_recipe(CriticalRecipe(
     function=minimal_critical_mu_b, options=("sigma_v", "sigma_b", "R"),
     chosen="without --T (mu_b is chosen on chi = 1)",
     title=lambda given, result: f"minimalRNN on the chi = 1 boundary at sigma_w = {given['sigma_w']:g}"))
+
+
+def _gated_for_timescale(cell: str) -> Callable:
+    def choose(T, **options):
+        from .critical_gated import gated_for_timescale
+        return gated_for_timescale(cell, T, **options)
+    return choose
+
+
+for _cell, _gate in (("lstm", "forget"), ("gru", "update")):
+    register_critical_recipe(CriticalRecipe(
+        cell=_cell, key="T", metavar="N", meaning=f"timescale xi = k T through the {_gate} gate's bias",
+        function=_gated_for_timescale(_cell), options=("k", "sigma_w", "sigma_v", "R"),
+        chosen=f"with --T (the {_gate}-gate bias is chosen for the timescale)",
+        title=lambda given, result: f"{result['cell'].upper()} with timescale xi = k T = {result['k'] * result['T']:g}",
+        integer=True))
