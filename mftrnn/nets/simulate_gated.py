@@ -32,7 +32,7 @@ from ..cells.registry import cells, get_cell
 from .gated import implementations
 
 __all__ = ["GatedSimulation", "simulate_gated", "measure_gated_chi", "make_gated_module",
-           "draw_gated_weights_", "resolve_gated_hyperparameters"]
+           "draw_gated_weights_", "resolve_gated_hyperparameters", "measure_gated_correlation"]
 
 
 # --------------------------------------------------------------------------- small pure helpers
@@ -351,4 +351,56 @@ def measure_gated_chi(cell, N: int = 1000, T: int = 200, burn_in: int = 100, *, 
         if j != out_k:  # the LSTM's cell state c
             out[f"Q_{s}"] = float(Qs[j].mean())
     out["log_ratios"] = dict(zip(["total"] + states, logs))
+    return out
+
+
+# --------------------------------------------------------------------------- decorrelation of two copies
+def measure_gated_correlation(cell, N: int = 256, T: int = 20, burn_in: int = 60, *, tied: bool = False,
+                              seed: int = 0, n_networks: int = 8, Sigma: float = 0.0, N_in: int | None = None,
+                              device="cpu", **hyperparameters) -> dict:
+    r"""Two copies of one real ``nn.LSTMCell``/``nn.GRUCell`` (the same weights at every step, fresh ones for both
+    when untied) fed their own inputs :math:`x^b = \Sigma x^a + \sqrt{1-\Sigma^2}\,x'` (``Sigma = 0``:
+    independent). Copy a runs ``burn_in`` steps from zero, copy b is set equal to it, then both run ``T`` steps.
+
+    Returns a dict with, per state name ``s`` (``"h"``, and ``"c"`` for the LSTM), ``C_s``: :math:`s^a\cdot s^b/N`,
+    shape ``(n_networks, T + 1)``, ``Q_s_a``, ``Q_s_b`` likewise, and ``C_s_mean``, ``C_s_se`` (over networks). The
+    matrix simulator behind :func:`mftrnn.nets.untied_fast.correlation_untied` (same law when untied).
+    """
+    cell = _cell_name(cell)
+    N, T = _check_int("N", N, 1), _check_int("T", T, 0)
+    burn_in, n_networks = _check_int("burn_in", burn_in, 0), _check_int("n_networks", n_networks, 1)
+    if not -1.0 <= float(Sigma) <= 1.0:
+        raise ValueError(f"Sigma must lie in [-1, 1], got {Sigma!r}")
+    N_in = N if N_in is None else _check_int("N_in", N_in, 1)
+    gates, R = resolve_gated_hyperparameters(cell, **hyperparameters)
+    dtype = torch.float64
+    names, _ = _state_names(cell)
+    n_states = len(names)
+    C, Qa, Qb = (np.zeros((n_states, n_networks, T + 1)) for _ in range(3))
+    cs = math.sqrt(max(1.0 - float(Sigma) ** 2, 0.0))
+    with torch.no_grad():
+        for k, gens in enumerate(_generators(seed, n_networks, device)):
+            net = _Network(cell, N, N_in, gates, R, tied, gens, dtype, device)
+            state = tuple(torch.zeros(1, N, dtype=dtype, device=device) for _ in range(n_states))
+            for _ in range(burn_in):
+                state = net.step(net.input(), state)
+            state = tuple(torch.cat([s, s]) for s in state)
+            for t in range(T + 1):
+                if t > 0:
+                    xa = net.input()
+                    x = torch.cat([xa, float(Sigma) * xa + cs * net.input()])
+                    if not net.tied:
+                        draw_gated_weights_(net.module, net.cell, net.gates, net.g_weights)
+                    state = _step(net.module, cell, x, state)
+                for j, s in enumerate(state):
+                    C[j, k, t] = float((s[0] * s[1]).mean())
+                    Qa[j, k, t] = float((s[0] * s[0]).mean())
+                    Qb[j, k, t] = float((s[1] * s[1]).mean())
+    out = {"cell": cell, "N": N, "N_in": N_in, "T": T, "burn_in": burn_in, "tied": tied, "seed": seed,
+           "n_networks": n_networks, "Sigma": float(Sigma)}
+    sqn = math.sqrt(n_networks)
+    for j, name in enumerate(names):
+        out[f"C_{name}"], out[f"Q_{name}_a"], out[f"Q_{name}_b"] = C[j], Qa[j], Qb[j]
+        out[f"C_{name}_mean"] = C[j].mean(axis=0)
+        out[f"C_{name}_se"] = C[j].std(axis=0, ddof=1) / sqn if n_networks > 1 else np.full(T + 1, np.nan)
     return out

@@ -37,7 +37,7 @@ import numpy as np
 from ..cells.gated import GRU, LSTM
 from .simulate_gated import GatedSimulation, _cell_name, _check_int, _state_names, resolve_gated_hyperparameters
 
-__all__ = ["sample_untied", "chi_untied", "time_average"]
+__all__ = ["sample_untied", "chi_untied", "time_average", "correlation_untied"]
 
 #: elements per state array processed at once (networks are run in chunks of about this many units)
 _CHUNK_UNITS = 1 << 18
@@ -135,8 +135,66 @@ class _Untied:
         return (h_new,), (hb - h_new,)
 
 
+    # ---- two copies with their own inputs (same weights and biases): the pair of every field
+    def input_gram(self, Sigma: float):
+        """(|x_a|^2, x_a.x_b, |x_b|^2)/N_in per network, shape (n, 1) each, for x_b = Sigma x_a + sqrt(1 - Sigma^2)
+        x' (x_a, x' independent N(0, R I)): the exact Wishart law by Bartlett's decomposition."""
+        m = self.N_in
+        w11 = self.rng.chisquare(m, size=(self.n, 1))
+        z = self.rng.standard_normal((self.n, 1))
+        w22 = z * z + (self.rng.chisquare(m - 1, size=(self.n, 1)) if m > 1 else 0.0)
+        w12 = np.sqrt(w11) * z
+        c, s = Sigma, math.sqrt(max(1.0 - Sigma * Sigma, 0.0))
+        k = self.R / m
+        return k * w11, k * (c * w11 + s * w12), k * (c * c * w11 + 2 * c * s * w12 + s * s * w22)
+
+    def pair_field(self, gate: str, Gx, Gh, recurrent=True, external=True):
+        r"""Fields ``(e_a, e_b)`` of ``gate`` for two copies: ``(W y_a + V x_a, W y_b + V x_b)`` is, per unit,
+        bivariate Gaussian with covariance :math:`\sigma_w^2 G_h + \sigma_v^2 G_x` (the Gram matrices over N and
+        N_in), the bias ``b`` is common. ``Gx``, ``Gh``: (aa, ab, bb) per network."""
+        sw, sv, sb, mu = self.p[gate]
+        sw = sw if recurrent else 0.0
+        sv, sb, mu = (sv, sb, mu) if external else (0.0, 0.0, 0.0)
+        Saa, Sab, Sbb = (sw * sw * h + sv * sv * x for h, x in zip(Gh, Gx))
+        sa = np.sqrt(Saa)
+        a = np.divide(Sab, sa, out=np.zeros_like(Sab), where=sa > 0)
+        rem = np.sqrt(np.maximum(Sbb - a * a, 0.0))
+        xi = self._normal()
+        bias = mu + (sb * self._normal() if sb != 0 else 0.0)
+        return bias + sa * xi, bias + a * xi + rem * self._normal()
+
+    def pair_step(self, sa: tuple, sb: tuple, Sigma: float):
+        """One step of two copies with input overlap ``Sigma`` (0: independent inputs)."""
+        Gx = self.input_gram(Sigma)
+        ha, hb = sa[-1], sb[-1]
+        Gh = ((ha * ha).mean(axis=1, keepdims=True), (ha * hb).mean(axis=1, keepdims=True),
+              (hb * hb).mean(axis=1, keepdims=True))
+        return _PAIR_STEPS[self.cell](self, sa, sb, Gx, Gh)
+
+    def _lstm_pair(self, sa, sb, Gx, Gh):
+        F = {g: self.pair_field(g, Gx, Gh) for g in "ifgo"}
+        out = []
+        for k, s in enumerate((sa, sb)):
+            i, f, g, o = (F[x][k] for x in "ifgo")
+            c = _sig(f) * s[0] + _sig(i) * np.tanh(g)
+            out.append((c, _sig(o) * np.tanh(c)))
+        return tuple(out)
+
+    def _gru_pair(self, sa, sb, Gx, Gh):
+        r = self.pair_field("r", Gx, Gh)
+        z = self.pair_field("z", Gx, Gh)
+        nx = self.pair_field("n", Gx, Gh, recurrent=False)
+        nh = self.pair_field("n", Gx, Gh, external=False)
+        out = []
+        for k, s in enumerate((sa, sb)):
+            zs = _sig(z[k])
+            out.append(((1 - zs) * np.tanh(nx[k] + _sig(r[k]) * nh[k]) + zs * s[0],))
+        return tuple(out)
+
+
 #: the hand-written field samplers, by the name of the cell they sample (per-cell closed forms)
 _STEPS = {LSTM.name: _Untied._lstm_step, GRU.name: _Untied._gru_step}
+_PAIR_STEPS = {LSTM.name: _Untied._lstm_pair, GRU.name: _Untied._gru_pair}
 
 
 def _chunks(N: int, n_networks: int, seed: int):
@@ -261,4 +319,50 @@ def chi_untied(cell, N: int = 1000, T: int = 200, burn_in: int = 100, n_networks
         out[name] = q
         out[name + "_mean"] = float(q.mean())
         out[name + "_se"] = float(q.std(ddof=1) / sqn) if n_networks > 1 else float("nan")
+    return out
+
+
+def correlation_untied(cell, N: int = 1000, T: int = 50, burn_in: int = 100, n_networks: int = 4, seed: int = 0,
+                       *, Sigma: float = 0.0, N_in: int | None = None, **hyperparameters) -> dict:
+    r"""Decorrelation of two copies of one untied network (same weights and biases at every step) fed their own
+    inputs with overlap ``Sigma`` (0: independent), by the O(N) field sampler (exact law of the untied network).
+
+    Copy a runs ``burn_in`` steps from zero; copy b is then set equal to it (:math:`C_0 = Q_0`) and both run
+    ``T`` steps. Returns a dict with, per state name ``s`` (``"h"``; ``"c"`` too for the LSTM), arrays of shape
+    ``(n_networks, T + 1)``: ``C_s`` (:math:`s_a\cdot s_b/N`), ``Q_s_a``, ``Q_s_b`` (:math:`|s|^2/N`) and
+    ``M_s_a`` (mean over units); ``C_s_mean``/``C_s_se`` (mean over networks and its standard error, shape
+    ``(T + 1,)``). In the mean field :math:`C_t` follows the covariance map from :math:`Q^*` and approaches
+    :math:`C^*` as :math:`\chi_c^t` (:mod:`mftrnn.theory.gated_correlation`).
+    """
+    cell, N, n_networks, N_in, gates, R = _setup(cell, N, n_networks, N_in, hyperparameters)
+    T, burn_in = _check_int("T", T, 0), _check_int("burn_in", burn_in, 0)
+    if not -1.0 <= float(Sigma) <= 1.0:
+        raise ValueError(f"Sigma must lie in [-1, 1], got {Sigma!r}")
+    names, _ = _state_names(cell)
+    n_states = len(names)
+    C, Qa, Qb, Ma = (np.zeros((n_states, n_networks, T + 1)) for _ in range(4))
+    k0 = 0
+    for rng, n in _chunks(N, n_networks, seed):
+        net = _Untied(cell, N, N_in, n, gates, R, rng)
+        sa = tuple(np.zeros((n, N)) for _ in range(n_states))
+        for _ in range(burn_in):
+            sa, _ = net.step(sa)
+        sb = tuple(x.copy() for x in sa)
+        sl = slice(k0, k0 + n)
+        for t in range(T + 1):
+            if t > 0:
+                sa, sb = net.pair_step(sa, sb, float(Sigma))
+            for j in range(n_states):
+                C[j, sl, t] = (sa[j] * sb[j]).mean(axis=1)
+                Qa[j, sl, t] = (sa[j] * sa[j]).mean(axis=1)
+                Qb[j, sl, t] = (sb[j] * sb[j]).mean(axis=1)
+                Ma[j, sl, t] = sa[j].mean(axis=1)
+        k0 += n
+    out = {"cell": cell, "N": N, "N_in": N_in, "T": T, "burn_in": burn_in, "seed": seed, "n_networks": n_networks,
+           "Sigma": float(Sigma)}
+    sqn = math.sqrt(n_networks)
+    for j, name in enumerate(names):
+        out[f"C_{name}"], out[f"Q_{name}_a"], out[f"Q_{name}_b"], out[f"M_{name}_a"] = C[j], Qa[j], Qb[j], Ma[j]
+        out[f"C_{name}_mean"] = C[j].mean(axis=0)
+        out[f"C_{name}_se"] = C[j].std(axis=0, ddof=1) / sqn if n_networks > 1 else np.full(T + 1, np.nan)
     return out

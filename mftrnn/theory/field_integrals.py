@@ -95,7 +95,9 @@ class _Group:
             self.f = sp.lambdify([*outer, _EPS], ib, modules=NUMPY_MODULES)
             self.L0 = sp.lambdify(outer, L0, modules=NUMPY_MODULES)
             self.coeff = [sp.lambdify(outer, coeff[k], modules=NUMPY_MODULES) for k in inner]
-            self.d_inner = strip_half_width(ib.xreplace({o: 0 for o in outer}))
+            # the strip of the functions of the conditioned argument (setting the outer fields to 0 would drop
+            # them wherever an outer field is also a factor, e.g. e_nh^2 tanh(e_nx + r e_nh)^2)
+            self.d_inner = min([strip_half_width(f) for f in ib.atoms(sp.Function) if f.has(_EPS)] + [np.inf])
             self.d_outer = strip_half_width(ib)
         else:
             self.outer = sorted(fs, key=sp.default_sort_key)

@@ -604,7 +604,8 @@ class FixedPoint:
     the cell's first pre-activation (field) and ``q_stars``: ``{name: variance}`` of every one of them; ``chi``,
     ``chi_q`` and their timescales ``xi = -1/ln chi``, ``xi_q``; with ``correlations=True`` also ``C_star``,
     ``c_star``, ``chi_c``, ``xi_c``. Gated cells (:func:`mftrnn.theory.gated.gated_fixed_point`) add ``Qc_star`` (the
-    carried state's second moment where it differs from the output: the LSTM's :math:`|c|^2/N`), ``M_star`` (the
+    carried state's second moment where it differs from the output: the LSTM's :math:`|c|^2/N`; with
+    ``correlations=True`` ``Cc_star``, its covariance between the two copies), ``M_star`` (the
     carried state's mean), ``law_error`` (measured error of the stationary law of the LSTM cell state) and
     ``approximation``; a quantity a cell's theory does not give is ``None`` (for example ``chi`` under the
     Gaussian closure of the LSTM, ``chi_q`` of the LSTM).
@@ -628,6 +629,7 @@ class FixedPoint:
     multistable: np.ndarray | None = None
     q_stars: dict = field(default_factory=dict)
     Qc_star: np.ndarray | None = None
+    Cc_star: np.ndarray | None = None
     M_star: np.ndarray | None = None
     law_error: np.ndarray | None = None
     approximation: str = "exact mean field"
@@ -640,7 +642,7 @@ class FixedPoint:
             raise MftrnnError("to_dict() needs scalar hyperparameters")
         out = {"cell": self.cell}
         out.update({k: float(v) for k, v in self.params.items()})
-        for k in (*self.keys, "Qc_star", "M_star"):
+        for k in (*self.keys, "Qc_star", "Cc_star", "M_star"):
             v = getattr(self, k)
             if v is None or k in out:
                 continue
@@ -688,10 +690,8 @@ def fixed_point(cell, *, correlations: bool = False, **hyperparameters) -> Fixed
     """
     cell = get_cell(cell)
     if isinstance(cell, GatedCell):
-        if correlations:
-            raise MftrnnError(f"correlations=True is not available for the gated cell {cell.name!r}")
         from .gated import gated_fixed_point
-        return gated_fixed_point(cell, **hyperparameters)
+        return gated_fixed_point(cell, correlations=correlations, **hyperparameters)
     hp = check_hyperparameters(cell, hyperparameters)
     shape = next(iter(hp.values())).shape
     flat = _flat(hp)
