@@ -144,7 +144,7 @@ def test_lstm_perturbation_map_leading_eigenvalue_is_chi():
     st = analyse(mf.get_cell("lstm"))
     mom = gj._field_moments(fp, st)
     law, K = stationary_law(st, mom)
-    Z, _ = gj.law_perturbation_map(st, gj._hyperparameters(fp, st.cell), law, K, mom)
+    Z = gj.law_perturbation_map(st, gj._hyperparameters(fp, st.cell), law, K, mom)
     assert np.max(np.abs(np.linalg.eigvals(Z))) == pytest.approx(fp.chi, abs=1e-9)
     # many steps: the mean grows at chi per step (ratio of T = 400 and 200, exact to rounding)
     a, b = (gj.gated_product_moments(fp, T, samples=1000)["log_mean"] for T in (200, 400))

@@ -527,8 +527,12 @@ def _law_Q(st, hp, R, Q, gaussian=False, grid=None):
     return EG2 * law.expect_tanh2(), law, K, mom
 
 
-def _law_chi(st, hp, law, K, mom) -> float:
-    """Leading eigenvalue of the linearised map of (w-hat, D_h): see the module docstring."""
+def law_perturbation_map(st, hp: dict, law, K, mom: dict) -> np.ndarray:
+    r"""The linear map of an infinitesimal perturbation's second moments for a law cell (``nn.LSTM``), on
+    :math:`z = (\mathrm{Re}\,\hat w, \mathrm{Im}\,\hat w, \overline{\delta h^2})` with
+    :math:`\hat w(s) = \mathbb E[\delta c^2 e^{is(c - m_1)}]` on the law's grid (module docstring): a matrix of size
+    :math:`2(M+1)+1`. Its leading eigenvalue is :math:`\chi`; applied :math:`T` times to :math:`(\varphi, 1)` it gives
+    the mean squared singular value of the :math:`T`-step Jacobian (:mod:`mftrnn.theory.gated_jacobian`)."""
     g = K.grid
     n = g.M + 1
     sw2 = {f.symbol: float(hp[f.gate]["sigma_w"]) ** 2 for f in st.cell.fields if f.reads is not None}
@@ -560,8 +564,12 @@ def _law_chi(st, hp, law, K, mom) -> float:
     Z[:n, -1], Z[n:2 * n, -1] = r.real, r.imag
     Z[-1, :] = EG2 * (k_re @ Z[:n, :] + k_im @ Z[n:2 * n, :])
     Z[-1, -1] += rhoG
-    ev = np.linalg.eigvals(Z)
-    return float(np.max(np.abs(ev)))
+    return Z
+
+
+def _law_chi(st, hp, law, K, mom) -> float:
+    """Leading eigenvalue of the linearised map of (w-hat, D_h): see the module docstring."""
+    return float(np.max(np.abs(np.linalg.eigvals(law_perturbation_map(st, hp, law, K, mom)))))
 
 
 def _law_chi_checked(st, hp, law, K, mom) -> float:

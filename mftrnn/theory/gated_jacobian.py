@@ -67,10 +67,9 @@ import sympy as sp
 from ..cells.gated import GatedCell
 from ..errors import DomainError, MftrnnError
 from .fixed_point import FixedPoint
-from .gated import _E, _LawKernel, analyse, parseval_weights, stationary_law
+from .gated import _E, analyse, law_perturbation_map, stationary_law
 from .jacobian import MAX_T, _gauss_rule, _linear, _log_geometric_sums
 from .numeric import NUMPY_MODULES
-from .perpetuity import sech4_transform
 
 __all__ = ["JacobianStructure", "jacobian_structure", "gated_step_moments", "gated_product_moments"]
 
@@ -293,43 +292,6 @@ def gated_step_moments(fp_or_cell, *, orthogonal: bool = False, samples: int = 4
 
 
 # --------------------------------------------------------------------------- T steps: the mean, exactly
-def law_perturbation_map(st, hp: dict, law, K: _LawKernel, mom: dict) -> tuple[np.ndarray, int]:
-    r"""The linear map of an infinitesimal perturbation's second moments for a law cell (``nn.LSTM``), on
-    :math:`z = (\mathrm{Re}\,\hat w, \mathrm{Im}\,\hat w, \overline{\delta h^2})`, with
-    :math:`\hat w(s) = \mathbb E[\delta c^2 e^{is(c - m_1)}]` on the law's grid (see :mod:`mftrnn.theory.gated`).
-    Its leading eigenvalue is :math:`\chi`. Returns ``(Z, n)`` with ``n`` the number of grid points."""
-    g = K.grid
-    n = g.M + 1
-    sw2 = {f.symbol: float(hp[f.gate]["sigma_w"]) ** 2 for f in st.cell.fields if f.reads is not None}
-    Pw = K.matrix(st.A ** 2, 0)
-    r = np.zeros(n, complex)
-    m1, phi = law.m1, law.phi
-    for k, w2 in sw2.items():
-        if w2 == 0:
-            continue
-        dA, dB = sp.diff(st.A, k), sp.diff(st.B, k)
-        # c = c' + m1: E[c^2 e^{iuc'}] = -phi'' - 2i m1 phi' + m1^2 phi and E[c e^{iuc'}] = -i phi' + m1 phi
-        if dA != 0:
-            r += w2 * (-(K.matrix(dA ** 2, 2) @ phi) - 2j * m1 * (K.matrix(dA ** 2, 1) @ phi)
-                       + m1 ** 2 * (K.matrix(dA ** 2, 0) @ phi))
-            if dB != 0:
-                r += w2 * 2 * (-1j * (K.matrix(dA * dB, 1) @ phi) + m1 * (K.matrix(dA * dB, 0) @ phi))
-        if dB != 0:
-            r += w2 * (K.matrix(dB ** 2, 0) @ phi)
-    _, G, _ = next(rr for rr in st.readouts if st.cell.previous_of(rr[0]) == st.read_state)
-    EG2 = _E(G ** 2, st, mom)
-    k_re, k_im = (v / np.pi for v in parseval_weights(g, sech4_transform, law.m1))
-    T2 = law.expect_tanh2()
-    rhoG = sum(w2 * _E(sp.diff(G, k) ** 2, st, mom) * T2 for k, w2 in sw2.items() if G.has(k))
-    Z = np.zeros((2 * n + 1, 2 * n + 1))
-    Z[:n, :n], Z[:n, n:2 * n] = Pw.real, -Pw.imag
-    Z[n:2 * n, :n], Z[n:2 * n, n:2 * n] = Pw.imag, Pw.real
-    Z[:n, -1], Z[n:2 * n, -1] = r.real, r.imag
-    Z[-1, :] = EG2 * (k_re @ Z[:n, :] + k_im @ Z[n:2 * n, :])
-    Z[-1, -1] += rhoG
-    return Z, n
-
-
 def _log_power_apply(Z: np.ndarray, v: np.ndarray, T: int) -> tuple[np.ndarray, float]:
     r""":math:`Z^Tv` as ``(u, log_scale)`` with :math:`Z^Tv = e^{\text{log\_scale}}u` (binary powering; each factor
     renormalised, so nothing under- or overflows)."""
@@ -356,7 +318,7 @@ def _log_power_apply(Z: np.ndarray, v: np.ndarray, T: int) -> tuple[np.ndarray, 
 
 def _log_mean_law(st, fp, mom, T: int) -> float:
     law, K = stationary_law(st, mom)
-    Z, n = law_perturbation_map(st, _hyperparameters(fp, st.cell), law, K, mom)
+    Z = law_perturbation_map(st, _hyperparameters(fp, st.cell), law, K, mom)
     v0 = np.concatenate([law.phi.real, law.phi.imag, [1.0]])  # w_0 = the law (delta c^2 = 1), D_h = 1
     u, log_u = _log_power_apply(Z, v0, T)
     total = u[0] + u[-1]  # w_T(0) = E[delta c_T^2] (s_0 = 0), plus D_h
