@@ -119,7 +119,8 @@ BAD = {
     "spectrum": [
         ["spectrum", "vanilla"],
         ["spectrum", "elman", "--T", "3"],
-        ["spectrum", "lstm", "--T", "3"],
+        ["spectrum", "lstm", "--T", "3", "--out", "{tmp}/a.png"],
+        ["spectrum", "gru-reset-before", "--T", "3"],
         ["spectrum", "", "--T", "3"],
         ["spectrum", "vanilla", "--T", "0"],
         ["spectrum", "vanilla", "--T", "-1"],
@@ -206,6 +207,63 @@ BAD = {
         ["--versoin"],
         ["fixed_point", "vanilla"],
     ],
+    "longseq": [
+        ["longseq"],
+        ["longseq", "copy"],
+        ["longseq", "copy", "lstm", "--init", "chrono", "--T", "10"],
+        ["longseq", "adding", "lstm", "--init", "chrono", "--T", "10", "--out", "{tmp}/r.json"],
+        ["longseq", "copy", "elman", "--init", "chrono", "--T", "10", "--out", "{tmp}/r.json"],
+        ["longseq", "copy", "lstm", "--init", "xavier", "--T", "10", "--out", "{tmp}/r.json"],
+        ["longseq", "copy", "lstm", "--init", "chrono", "--T", "0", "--out", "{tmp}/r.json"],
+        ["longseq", "copy", "lstm", "--init", "chrono", "--T", "-5", "--out", "{tmp}/r.json"],
+        ["longseq", "copy", "lstm", "--init", "chrono", "--T", "2.5", "--out", "{tmp}/r.json"],
+        ["longseq", "copy", "lstm", "--init", "chrono", "--T", BIG_INT, "--out", "{tmp}/r.json"],
+        ["longseq", "copy", "lstm", "--init", "chrono", "--T", "10", "--hidden", BIG_INT, "--out", "{tmp}/r.json"],
+        ["longseq", "copy", "lstm", "--init", "chrono", "--T", "10", "--lr", "nan", "--out", "{tmp}/r.json"],
+        ["longseq", "copy", "lstm", "--init", "chrono", "--T", "10", "--lr", "-1e-3", "--out", "{tmp}/r.json"],
+        ["longseq", "copy", "lstm", "--init", "chrono", "--T", "10", "--clip", "inf", "--out", "{tmp}/r.json"],
+        ["longseq", "copy", "lstm", "--init", "chrono", "--T", "10", "--optimizer", "sgd", "--out", "{tmp}/r.json"],
+        ["longseq", "copy", "lstm", "--init", "chrono", "--T", "10", "--pad", "noise", "--out", "{tmp}/r.json"],
+        ["longseq", "digits", "lstm", "--init", "chrono", "--T", "10", "--pad", "zeros", "--out", "{tmp}/r.json"],
+        ["longseq", "digits", "lstm", "--init", "chrono", "--T", "10", "--dataset", "cifar", "--out", "{tmp}/r.json"],
+        ["longseq", "copy", "lstm", "--init", "chrono", "--T", "10", "--device", "tpu", "--out", "{tmp}/r.json"],
+        ["longseq", "copy", "lstm", "--init", "chrono", "--T", "10", "--threads", "0", "--out", "{tmp}/r.json"],
+        ["longseq", "copy", "lstm", "--init", "chrono", "--T", "10", "--checkpoint-every", "often", "--out", "{tmp}/r.json"],
+        ["longseq", "copy", "lstm", "--init", "chrono", "--T", "10", "--out", "{tmp}/r.txt"],
+        ["longseq", "copy", "lstm", "--init", "chrono", "--T", "10", "--out", "/nonexistent/r.json"],
+        ["longseq", "copy", "lstm", "--init", "chrono", "--T", "10", "--out", "{file}/r.json"],
+        ["longseq", "copy", "lstm", "--init", "chrono", "--T", "10", "--out", "{tmp}"],
+        ["longseq", "copy", "lstm", "--init", "chrono", "--T", "10", "--grid", "huge", "--out", "{tmp}/r.json"],
+        ["longseq", "copy", "lstm", "--init", "chrono", "--T", "10", "--seeds", "0,1", "--out", "{tmp}/r.json"],
+        ["longseq", "--sweep", "cpu"],
+        ["longseq", "--sweep", "nope", "--out-dir", "{tmp}"],
+        ["longseq", "--sweep", "cpu", "--out-dir", "{file}"],
+        ["longseq", "--sweep", "cpu", "--out-dir", "{tmp}", "--seeds", "0,x"],
+        ["longseq", "--sweep", "cpu", "--out-dir", "{tmp}", "--T", "5"],
+        ["longseq", "--sweep", "cpu", "--out-dir", "{tmp}", "--inits", "he"],
+        ["longseq", "--sweep", "cpu", "--out-dir", "{tmp}", "--tasks", "adding"],
+        ["longseq", "copy", "lstm", "--init", "chrono", "--T", "10", "--bogus", "--out", "{tmp}/r.json"],
+        ["longseq", "copy", "lstm", "--init", "chrono", "--T", "10", "--hidden", "abc", "--out", "{tmp}/r.json"],
+    ],
+    "diagnose": [
+        ["diagnose"],
+        ["diagnose", "{tmp}/missing.pt", "--T", "10"],
+        ["diagnose", "{file}", "--T", "10"],
+        ["diagnose", "{tmp}", "--T", "10"],
+        ["diagnose", "{file}"],
+        ["diagnose", "{file}", "--T", "0"],
+        ["diagnose", "{file}", "--T", "-5"],
+        ["diagnose", "{file}", "--T", "nan"],
+        ["diagnose", "{file}", "--T", "inf"],
+        ["diagnose", "{file}", "--T", "2.5"],
+        ["diagnose", "{file}", "--T", BIG_INT],
+        ["diagnose", "{file}", "--T", "10", "--R", "-1"],
+        ["diagnose", "{file}", "--T", "10", "--R", "nan"],
+        ["diagnose", "{file}", "--T", "10", "--max-steps", "0"],
+        ["diagnose", "{file}", "--T", "10", "--cell", "elman", "--hidden", "8", "--input", "4"],
+        ["diagnose", "{file}", "--T", "10", "--hidden", "abc"],
+        ["diagnose", "{file}", "--T", "10", "--bogus"],
+    ],
 }
 CASES = [(group, argv) for group, argvs in BAD.items() for argv in argvs]
 
@@ -226,6 +284,9 @@ def no_training(monkeypatch):
             monkeypatch.setattr(seqdigits, name, _stop)
     for name in ("train", "load_lm_corpus"):
         monkeypatch.setattr(lm, name, _stop)
+    from mftrnn.experiments import longseq
+    for name in ("train", "run_sweep", "step_seconds"):
+        monkeypatch.setattr(longseq, name, _stop)
     monkeypatch.delenv("MFTRNN_DEBUG", raising=False)
 
 

@@ -124,7 +124,7 @@ def test_missing_data_message(tmp_path, digests):
     msg = str(info.value)
     assert str(tmp_path / "nowhere" / "wikitext-2") in msg  # which folder was searched
     assert "MFTRNN_DATA" in msg  # how to point at the data
-    assert "download=True" in msg and "https://raw.githubusercontent.com/pytorch/examples" in msg
+    assert "--download" in msg and "https://raw.githubusercontent.com/pytorch/examples" in msg
     assert "train.txt" in msg
 
 

@@ -225,3 +225,10 @@ def test_near_tangent_map_is_not_refused():
     for d in (1e-4, 1e-6, 1e-7):
         fp = fixed_point("vanilla", sigma_w=1.0 + d, sigma_v=0.0, sigma_b=0.0)
         assert 0 < float(fp.Q_star) < 10 * d
+
+
+def test_chi_c_never_above_one_at_a_frozen_gate():
+    """minimalRNN at mu_b = 100: the gate is frozen open (u = 1 to 1e-44), chi_c -> 1; rounding once gave
+    1 + 1.6e-15, above the bound a stable C* guarantees."""
+    fp = mftrnn.fixed_point("minimal", mu_b=100.0, correlations=True)
+    assert 0.0 <= float(fp.chi_c) <= 1.0

@@ -30,6 +30,7 @@ from typing import Sequence
 import numpy as np
 
 from .._io import atomic_write
+from .._validate import float_argument
 from ..theory.phase_diagram import MAX_GRID_POINTS as _MAX_GRID_POINTS
 from ..theory.phase_diagram import compute_grid, plot_phase_diagram
 
@@ -58,6 +59,7 @@ RESULT_DESCRIPTIONS = {
     "xi_c": "timescale -1/ln(chi_c)",
     "multistable": "more than one stable Q*? (Q_star is the least, reached from h_0 = 0)",
     "Qc_star": "cell-state norm Qc* = |c|^2/N",
+    "Cc_star": "cell-state covariance Cc* between the copies (independent inputs)",
     "M_star": "mean of the carried state",
 }
 EXTENSIONS = (".npz", ".png")
@@ -70,11 +72,7 @@ class CliError(Exception):
 
 # ---------------------------------------------------------------------------------- parsing
 
-def _float(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+_float = float_argument  # the one argparse type of floating-point options (shared with mftrnn lm)
 
 
 def _gate_letters() -> str:
@@ -135,6 +133,11 @@ def _build_parser(full_lm: bool = False) -> argparse.ArgumentParser:
     fp.add_argument("cell", metavar="CELL", help="cell name (vanilla or minimal)")
     _add_hyperparameters(fp)
     fp.add_argument("--json", action="store_true", help="print one JSON object")
+    fp.add_argument("--correlations", action="store_true",
+                    help="gated cells: also C*, c*, chi_c, xi_c for independent inputs (vanilla/minimal: always)")
+    fp.add_argument("--gaussian-closure", action="store_true",
+                    help="with --correlations, for nn.LSTM: the labelled Gaussian closure of the pair of cell states "
+                         "(the exact joint law is not computed)")
 
     pd = sub.add_parser("phase-diagram", help="chi and xi on a grid of two hyperparameters",
                         description="Evaluate chi, xi, Q* and q* on a grid over two hyperparameters "
@@ -152,7 +155,11 @@ def _build_parser(full_lm: bool = False) -> argparse.ArgumentParser:
     _add_digits_parser(sub)
     _add_critical_parser(sub)
     _add_spectrum_parser(sub)
+    from .diagnose import add_parser as _add_diagnose_parser
+    _add_diagnose_parser(sub)
     _add_lm_parser(sub, full_lm)
+    from .longseq import add_parser as _add_longseq_parser
+    _add_longseq_parser(sub)
     _accept_negative_numbers(parser)
     return parser
 
@@ -307,7 +314,16 @@ def _print_q_stars(q_stars: dict, width: int) -> None:
 def cmd_fixed_point_gated(args: argparse.Namespace, cell: str) -> int:
     import mftrnn
     params = _gate_params(args, cell)
-    result = mftrnn.fixed_point(cell, **params).to_dict()
+    if args.gaussian_closure and not args.correlations:
+        raise CliError("--gaussian-closure is an option of --correlations")
+    extra = {"correlation_closure": "gaussian"} if args.gaussian_closure else {}
+    try:
+        result = mftrnn.fixed_point(cell, correlations=args.correlations, **extra, **params).to_dict()
+    except mftrnn.MftrnnError as exc:
+        if "correlation_closure" in str(exc):
+            raise CliError(f"{cell}: C* needs the joint law of the two copies' cell states, which is not computed; "
+                           "add --gaussian-closure for a labelled approximation") from None
+        raise
     for key, value in result.items():
         if isinstance(value, float) and math.isnan(value):
             raise CliError(f"fixed point gave {key} = nan")
@@ -341,6 +357,8 @@ def cmd_fixed_point(args: argparse.Namespace) -> int:
     if _is_gated(cell):
         return cmd_fixed_point_gated(args, cell)
     _refuse_gate_options(args, cell)
+    if args.gaussian_closure:
+        raise CliError(f"--gaussian-closure is for the LSTM's correlations; {cell!r} has exact ones")
     params = _fixed_params(args)
     fp = mftrnn.fixed_point(cell, correlations=True, **params)
     result = fp.to_dict()
@@ -454,8 +472,9 @@ def _add_digits_parser(sub) -> None:
     g.add_argument("--seeds", default=None, metavar="S1,S2,...", help="seeds of a sweep (default: the preset's)")
     g.add_argument("--force", action="store_true", help="overwrite a result of another configuration")
     g.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
-    g.add_argument("--checkpoint-every", type=_float, default=60.0, metavar="SECONDS",
-                   help="wall time between checkpoints (default 60)")
+    g.add_argument("--checkpoint-every", default="60s", metavar="TIME|Nsteps",
+                   help="checkpoint every TIME of wall time (60, 60s, 5min, 1h: a bare number is seconds) or every "
+                        "N training steps (500steps), as in mftrnn lm (default 60s)")
     g.add_argument("--quiet", action="store_true", help="print only the final line(s)")
     g.add_argument("--data-dir", default=None, metavar="DIR",
                    help="folder that contains mnist/ (default $MFTRNN_DATA, else ../shared/data)")
@@ -517,7 +536,8 @@ def cmd_digits(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
             raise CliError(f"unknown preset {args.sweep!r}; choose one of {', '.join(sd.PRESETS)}")
         seeds = _parse_seeds(args.seeds)
         results = sd.run_sweep(args.sweep, args.out_dir, seeds=seeds, data_dir=args.data_dir,
-                               download=args.download, command=command, log=log, **given)
+                               download=args.download, command=command, log=log,
+                               checkpoint_every=args.checkpoint_every, **given)
         for r in results:
             final = r.get("final") or {}
             print(f"{r['name']}: {r['status']}, final test accuracy {final.get('test_accuracy', float('nan')):.4f}, "
@@ -537,7 +557,7 @@ def cmd_digits(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
         raise CliError(f"give {' and '.join('--' + f for f in missing)}")
     config = sd.DigitsConfig(**{**sd.PRESETS[preset], **given}).validated()
     res = sd.train(config, args.out, data_dir=args.data_dir, download=args.download, force=args.force,
-                   checkpoint_every_s=args.checkpoint_every, command=command, log=log)
+                   checkpoint_every=args.checkpoint_every, command=command, log=log)
     print(f"{args.out}: {res['status']}, final test accuracy {res['final']['test_accuracy']:.4f}, "
           f"{res['provenance']['wall_time_s']:.0f} s")
     return 0
@@ -760,10 +780,53 @@ def _save_spectrum_png(path: str, cell: str, T: int, orthogonal: bool, params: d
         plt.close(fig)
 
 
+GATED_SPECTRUM_DESCRIPTIONS = {
+    "mean": "mean of the spectrum of J J^T, J the T-step Jacobian of the whole state (exact, untied mean field)",
+    "log_mean": "ln(mean)",
+    "relative_variance": "variance / mean^2: free product of one-step Jacobians (approximation)",
+    "relative_variance_error": "its Monte Carlo standard error",
+    "relative_variance_independent": "the same for coefficients independent across steps (one-state cells)",
+    "variance": "variance (free product)",
+    "log_variance": "ln(variance)",
+    "m1_step": "one step's mean (Monte Carlo over the unit law)",
+    "m1_step_error": "its standard error",
+    "variance_step": "one step's variance",
+    "relative_variance_step": "r: one step's variance / mean^2",
+    "chi": "growth per step of a state perturbation's second moment",
+    "xi": "timescale -1/ln(chi)",
+}
+
+
+def cmd_spectrum_gated(args: argparse.Namespace, cell: str, T: int) -> int:
+    """``mftrnn spectrum lstm|gru``: moments of the T-step Jacobian's spectrum (mftrnn.theory.gated_jacobian)."""
+    from ..theory.gated_jacobian import gated_product_moments
+    if args.out is not None:
+        raise CliError(f"--out: the spectral density of {cell} is not derived (its moments are; use --json)")
+    params = _gate_params(args, cell)
+    result = gated_product_moments(cell, T, orthogonal=args.orthogonal, **params)
+    out = {"cell": cell, **params, **result}
+    out["states"] = list(result["states"])
+    if args.json:
+        print(json.dumps(out, allow_nan=False))
+        return 0
+    weights = "orthogonal" if args.orthogonal else "Gaussian"
+    print(f"{cell}: spectrum of J J^T for the {T}-step Jacobian of ({', '.join(out['states'])}), {weights} W "
+          f"(mftrnn {_version()})")
+    width = max(len(k) for k in out)
+    for key, value in out.items():
+        if key in GATED_SPECTRUM_DESCRIPTIONS:
+            shown = "(see log_)" if value is None else _fmt(value)
+            print(f"  {key:<{width}}  {shown:>16}  {GATED_SPECTRUM_DESCRIPTIONS[key]}")
+    print(f"  {result['approximation']}")
+    return 0
+
+
 def cmd_spectrum(args: argparse.Namespace) -> int:
     import mftrnn
 
     cell = _check_cell(args.cell)
+    if _is_gated(cell):
+        return cmd_spectrum_gated(args, cell, _parse_T(args.T))
     if not _is_gated(cell):
         _refuse_gate_options(args, cell)  # (a gated cell is refused by product_moments with its own message)
     params = _fixed_params(args)
@@ -853,10 +916,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "lm":
             from ..experiments.lm import run_cli
             return run_cli(args, argv_list)
+        if args.command == "longseq":
+            from .longseq import cmd_longseq
+            return cmd_longseq(args, argv_list)
         if args.command == "critical":
             return cmd_critical(args)
         if args.command == "spectrum":
             return cmd_spectrum(args)
+        if args.command == "diagnose":
+            from .diagnose import cmd_diagnose
+            return cmd_diagnose(args)
         if args.command == "fixed-point":
             return cmd_fixed_point(args)
         return cmd_phase_diagram(args)

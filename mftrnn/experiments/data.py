@@ -188,8 +188,8 @@ def _missing_message(name: str, missing: list[str], folder: Path, candidates: li
     return (
         f"{name} data not found: missing {files} in {folder / name} (searched: {searched}). "
         f"Point the environment variable {ENV_VAR} at the folder that contains '{name}/' "
-        f"(e.g. export {ENV_VAR}=/path/to/shared/data) or pass --data-dir DIR (data_dir=...); "
-        f"or pass --download (download=True) to fetch the canonical files from {url} "
+        f"(e.g. export {ENV_VAR}=/path/to/shared/data) or pass --data-dir DIR; "
+        f"or pass --download to fetch the canonical files from {url} "
         f"into {folder / name} and verify their sha256."
     )
 
@@ -202,8 +202,7 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-_HINT_FILE = ("the file is corrupt or truncated: delete it and restore it (or re-fetch it with --download, "
-              "download=True)")
+_HINT_FILE = ("the file is corrupt or truncated: delete it and restore it (or re-fetch it with --download)")
 _HINT_DOWNLOAD = "nothing was written; the server's copy differs from the expected one"
 
 
@@ -276,7 +275,7 @@ def _download(name: str, filename: str, folder: Path) -> Path:
         _write_atomic(data, dest)
     except OSError as exc:
         raise DataError(f"cannot write {dest}: {exc}; choose a writable folder with --data-dir "
-                        f"(data_dir=...) or {ENV_VAR}") from None
+                        f"or {ENV_VAR}") from None
     return dest
 
 

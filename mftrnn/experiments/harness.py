@@ -47,7 +47,8 @@ from .._io import atomic_write
 
 __all__ = ["device_name", "git_state", "utc_now", "provenance", "write_json_atomic", "save_checkpoint",
            "load_checkpoint", "content_digest", "resolve_device", "check_output", "RunLock", "clean_stale_temps",
-           "CheckpointEvery", "parse_checkpoint_every", "check_checkpoint_every_s", "INTEGRITY_KEY"]
+           "CheckpointEvery", "parse_checkpoint_every", "check_checkpoint_every_s", "checkpoint_cadence",
+           "INTEGRITY_KEY"]
 
 
 def device_name(device) -> str:
@@ -283,14 +284,25 @@ def _holder(lock_path: Path) -> str:
 
 @dataclass(frozen=True)
 class CheckpointEvery:
-    """How often a run checkpoints: every ``seconds`` of wall time, or every ``steps`` optimizer steps
-    (training batches); exactly one of the two is set."""
+    """How often a run checkpoints within an epoch: every ``seconds`` of wall time and/or every ``steps``
+    optimizer steps (training batches); :func:`parse_checkpoint_every` sets exactly one of the two,
+    :func:`checkpoint_cadence` (the API's two arguments) may set both (a checkpoint is due when either is) or
+    neither (none within a run)."""
 
     seconds: float | None = None
     steps: int | None = None
 
     def __str__(self) -> str:
-        return f"{self.steps} steps" if self.steps is not None else f"{self.seconds:g} s"
+        parts = ([f"{self.steps} steps"] if self.steps is not None else []) + (
+            [f"{self.seconds:g} s"] if self.seconds is not None else [])
+        return " or ".join(parts) or "never within a run"
+
+    def due(self, steps_done: int, seconds_since: float) -> bool:
+        """Whether a checkpoint is due after ``steps_done`` optimizer steps of the run (at every multiple of
+        ``steps``) and ``seconds_since`` seconds of wall time since the last checkpoint."""
+        if self.steps is not None and steps_done % self.steps == 0:
+            return True
+        return self.seconds is not None and seconds_since >= self.seconds
 
 
 _UNITS = {"": 1.0, "s": 1.0, "sec": 1.0, "second": 1.0, "seconds": 1.0, "m": 60.0, "min": 60.0, "minute": 60.0,
@@ -337,6 +349,39 @@ def check_checkpoint_every_s(value, option: str = "--checkpoint-every (checkpoin
         raise MftrnnError(f"{option} must be a finite number of seconds >= 0 (0: at every opportunity), "
                           f"got {value!r}")
     return v
+
+
+def checkpoint_cadence(checkpoint_every=None, checkpoint_every_s=None, *,
+                       default: CheckpointEvery | None = None) -> CheckpointEvery:
+    """The cadence of a run from the two arguments that :func:`mftrnn.experiments.lm.train` and
+    :func:`mftrnn.experiments.seqdigits.train` share (one meaning in both):
+
+    * ``checkpoint_every``: an integer is a number of optimizer steps (training batches), >= 1; a string is
+      parsed by :func:`parse_checkpoint_every` (the command line's ``--checkpoint-every``: ``"60"``, ``"5min"``,
+      ``"500steps"``); a :class:`CheckpointEvery` is taken as it is;
+    * ``checkpoint_every_s``: seconds of wall time, finite and >= 0 (:func:`check_checkpoint_every_s`).
+
+    Both may be given (a checkpoint is then due when either is), unless both set a wall time.  Neither:
+    ``default`` (the cadence of no checkpoints within a run when ``None``).  Errors are
+    :class:`~mftrnn.MftrnnError` naming the argument.
+    """
+    steps = seconds = None
+    if isinstance(checkpoint_every, (str, CheckpointEvery)):
+        c = parse_checkpoint_every(checkpoint_every, "--checkpoint-every (checkpoint_every)")
+        steps, seconds = c.steps, c.seconds
+    elif checkpoint_every is not None:
+        if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every < 1:
+            raise MftrnnError(f"checkpoint_every must be an integer >= 1 (optimizer steps), a cadence such as "
+                              f"'5min' or '500steps', or None; got {checkpoint_every!r}")
+        steps = checkpoint_every
+    if checkpoint_every_s is not None:
+        if seconds is not None:
+            raise MftrnnError(f"checkpoint_every={checkpoint_every!r} sets a wall time already; omit "
+                              f"checkpoint_every_s")
+        seconds = check_checkpoint_every_s(checkpoint_every_s, "checkpoint_every_s (--checkpoint-every)")
+    if steps is None and seconds is None:
+        return default if default is not None else CheckpointEvery()
+    return CheckpointEvery(seconds=seconds, steps=steps)
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -51,8 +51,9 @@ every epoch whose validation loss is not below the best so far).  The test perpl
 parameters with the best validation loss.
 
 Runs (:func:`train`) write an atomic checkpoint (temporary file + ``os.replace``) after every epoch and, within
-an epoch, every ``checkpoint_every`` training batches or ``checkpoint_every_s`` seconds (``mftrnn lm
---checkpoint-every``: seconds of wall time, as in ``mftrnn digits``; also ``5min`` or ``500steps``), holding the
+an epoch, every ``checkpoint_every`` training batches or ``checkpoint_every_s`` seconds (``--checkpoint-every``,
+the same syntax and meaning in ``mftrnn lm`` and ``mftrnn digits``: ``60``, ``60s``, ``5min``, ``1h`` of wall
+time, a bare number being seconds, or ``500steps``), holding the
 model, the optimizer, the learning rate, the RNG states, the position (epoch, batch), the carried hidden state, the
 running sums of the epoch and the history, with a checksum of its content
 (:func:`mftrnn.experiments.harness.save_checkpoint`); running the same configuration again verifies it (a damaged
@@ -88,8 +89,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..errors import ConvergenceError, DataError, MftrnnError
-from .harness import (RunLock, check_checkpoint_every_s, check_output, load_checkpoint, parse_checkpoint_every,
-                      provenance, resolve_device, save_checkpoint, utc_now, write_json_atomic)
+from .._validate import float_argument
+from .harness import (CheckpointEvery, RunLock, check_output, checkpoint_cadence, load_checkpoint,
+                      parse_checkpoint_every, provenance, resolve_device, save_checkpoint, utc_now, write_json_atomic)
 from .data import SPLITS, Corpus, batchify, bptt_batches, build_vocab, load_corpus, tokenize
 from ..nets.registry import LiveNames, sequence_cells, sequence_implementation, sequence_module, zero_state
 
@@ -762,7 +764,8 @@ def _check_sizes(config: LMConfig, corpus: Corpus) -> int:
 
 
 def train(config: LMConfig, corpus: Corpus | None = None, out: str | os.PathLike | None = None,
-          checkpoint: str | os.PathLike | None = None, checkpoint_every: int | None = 500, device: str = "cpu",
+          checkpoint: str | os.PathLike | None = None, checkpoint_every: int | str | CheckpointEvery | None = 500,
+          device: str = "cpu",
           data_dir: str | os.PathLike | None = None, progress: bool = True,
           log: Callable[[str], None] | None = print, command: str | None = None, keep_checkpoint: bool = False,
           overwrite: bool = False, on_batch: Callable[[int, int, float], None] | None = None,
@@ -782,7 +785,9 @@ def train(config: LMConfig, corpus: Corpus | None = None, out: str | os.PathLike
         exists, training resumes from it (it is verified, and the configuration must match); it is deleted when
         the run finishes, unless ``keep_checkpoint``.
     checkpoint_every : also checkpoint every this many training batches (optimizer steps) within an epoch
-        (``None``: not by count).
+        (``None``: not by count); or a string as ``--checkpoint-every`` takes it (``"5min"``, ``"500steps"``;
+        a bare number is seconds), the same in :func:`mftrnn.experiments.seqdigits.train`
+        (:func:`mftrnn.experiments.harness.checkpoint_cadence`).
     checkpoint_every_s : also checkpoint within an epoch once this many seconds of wall time have passed since
         the last checkpoint (``None``: not by time; ``mftrnn lm --checkpoint-every`` sets one of the two).
     device : ``"cpu"`` or ``"cuda[:i]"``.
@@ -802,13 +807,9 @@ def train(config: LMConfig, corpus: Corpus | None = None, out: str | os.PathLike
     good checkpoint, or from the start without one).
     """
     config = config.validate()
-    for name, v in (("checkpoint_every", checkpoint_every), ("curve_every", curve_every)):
-        if v is None and name == "checkpoint_every":
-            continue
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise MftrnnError(f"{name} must be an integer >= 1, got {v!r}")
-    if checkpoint_every_s is not None:
-        checkpoint_every_s = check_checkpoint_every_s(checkpoint_every_s, "checkpoint_every_s (--checkpoint-every)")
+    if isinstance(curve_every, bool) or not isinstance(curve_every, int) or curve_every < 1:
+        raise MftrnnError(f"curve_every must be an integer >= 1, got {curve_every!r}")
+    cadence = checkpoint_cadence(checkpoint_every, checkpoint_every_s)
     dev = resolve_device(device)
     out_path = check_output(out, "result file", "--out") if out is not None else None
     ck_path = Path(checkpoint) if checkpoint is not None else (
@@ -816,11 +817,11 @@ def train(config: LMConfig, corpus: Corpus | None = None, out: str | os.PathLike
     if ck_path is not None:
         check_output(ck_path, "checkpoint", "--checkpoint", create_folder=checkpoint is not None)
     with RunLock([out_path, ck_path], output=out_path if out_path is not None else ck_path, command=command):
-        return _train(config, corpus, out_path, ck_path, checkpoint_every, checkpoint_every_s, dev, data_dir,
+        return _train(config, corpus, out_path, ck_path, cadence, dev, data_dir,
                       progress, log, command, keep_checkpoint, overwrite, on_batch, curve_every)
 
 
-def _train(config, corpus, out_path, ck_path, checkpoint_every, checkpoint_every_s, dev, data_dir, progress, log,
+def _train(config, corpus, out_path, ck_path, cadence, dev, data_dir, progress, log,
            command, keep_checkpoint, overwrite, on_batch, curve_every) -> dict:
     """The body of :func:`train`, under the output lock."""
     say = log or (lambda s: None)
@@ -838,7 +839,7 @@ def _train(config, corpus, out_path, ck_path, checkpoint_every, checkpoint_every
             previous = read_result(out_path)
         except MftrnnError as exc:
             if not overwrite:
-                raise MftrnnError(f"{exc}; pass --overwrite (overwrite=True) to replace it, or choose another "
+                raise MftrnnError(f"{exc}; pass --overwrite to replace it, or choose another "
                                   f"--out") from None
             previous = None
             say(f"{out_path}: not a readable result file; replacing it (--overwrite)")
@@ -846,14 +847,14 @@ def _train(config, corpus, out_path, ck_path, checkpoint_every, checkpoint_every
             same = previous.get("config") == config.to_dict() and previous.get("corpus") == corpus_info
             if not same and not overwrite:
                 raise MftrnnError(f"{out_path} holds a run with another configuration or corpus; choose another "
-                                  f"output file (--out) or pass --overwrite (overwrite=True) to replace it")
+                                  f"output file (--out) or pass --overwrite to replace it")
             if same and previous.get("status") == "finished":
                 say(f"{out_path}: this run is already finished (test perplexity {previous['test_ppl']:.2f}); "
                     f"nothing to do")
                 return previous
             if same and previous.get("status") == "diverged" and not overwrite:
                 raise ConvergenceError(f"{previous.get('error')} [recorded in {out_path}; nothing redone; "
-                                       f"--overwrite (overwrite=True) retries from the last good checkpoint]")
+                                       f"--overwrite retries from the last good checkpoint]")
 
     model = build_model(config, V).to(dev)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr)
@@ -907,11 +908,7 @@ def _train(config, corpus, out_path, ck_path, checkpoint_every, checkpoint_every
 
     def checkpoint_due(batch: int) -> bool:
         """Whether to checkpoint after ``batch`` batches of the epoch (not at its end: the epoch's own save)."""
-        if batch >= n_batches:
-            return False
-        if checkpoint_every is not None and batch % checkpoint_every == 0:
-            return True
-        return checkpoint_every_s is not None and time.perf_counter() - last_save[0] >= checkpoint_every_s
+        return batch < n_batches and cadence.due(batch, time.perf_counter() - last_save[0])
 
     def result(status: str) -> dict:
         run.wall_seconds = wall_before + (time.perf_counter() - session_start)
@@ -1057,14 +1054,7 @@ def _positive_int(text: str) -> int:
     return v
 
 
-def _float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not math.isfinite(v):
-        raise argparse.ArgumentTypeError(f"must be finite, got {text!r}")
-    return v
+_float = float_argument  # the one argparse type of floating-point options (shared with mftrnn.cli.app)
 
 
 _OVERRIDES = (  # (option, LMConfig field, type, help)

@@ -48,7 +48,8 @@ with ``weights="orthogonal"`` (:math:`W = \sigma_w O`) or ``"gaussian"`` (:math:
 Training (:func:`train`): Adam, gradient-norm clipping, a fixed number of steps with mini-batches drawn uniformly
 (with replacement) from the training set, and every ``eval_every`` steps the accuracy and cross-entropy on a fixed
 test subset (the same images for every run).  Robustness: atomic, checksummed checkpoints (model, optimiser, RNG
-states, the curve so far; at evaluation steps, at most every ``--checkpoint-every`` seconds) let the same call
+states, the curve so far; every ``--checkpoint-every``: ``60`` or ``60s``, ``5min``, ``1h`` of wall time, or
+``500steps``, the syntax and meaning of :mod:`mftrnn.experiments.lm`) let the same call
 resume after an interruption, and a damaged one is an error naming the file to delete; the result file and the
 checkpoint are locked while a run uses them (a second run on them is refused); a run whose result file exists with
 the same configuration is not redone; a non-finite loss or gradient, or a loss above :data:`DIVERGENCE_FACTOR`
@@ -83,8 +84,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .harness import (RunLock, check_checkpoint_every_s, check_output, device_name, git_state, load_checkpoint,
-                      resolve_device, save_checkpoint, utc_now, write_json_atomic)
+from .harness import (CheckpointEvery, RunLock, check_output, checkpoint_cadence, device_name, git_state,
+                      load_checkpoint, resolve_device, save_checkpoint, utc_now, write_json_atomic)
 from . import data as _data
 from ..errors import ConvergenceError, DataError, DomainError, MftrnnError, UnknownCellError
 from ..nets.init import RNN_OFF_CRITICAL_FACTORS, mean_field_init, pytorch_rnn_default_hyperparameters
@@ -227,7 +228,7 @@ def _mnist_missing_message(missing: list[str], folder: Path, candidates: list[Pa
     return (f"MNIST data not found: missing {files} in {folder} (searched: {searched}). "
             f"Point the environment variable {_data.ENV_VAR} (or --data-dir) at the folder that contains "
             f"'mnist/' (e.g. export {_data.ENV_VAR}=/path/to/shared/data); or pass --download "
-            f"(download=True) to fetch the canonical files from {url} into {folder} and verify their sha256.")
+            f"to fetch the canonical files from {url} into {folder} and verify their sha256.")
 
 
 def _download_mnist_file(filename: str, folder: Path) -> Path:
@@ -752,8 +753,9 @@ _CHECKPOINT_KEYS = ("config", "step", "model", "optimizer", "batch_rng", "torch_
 
 def train(config: DigitsConfig, out: str | os.PathLike, *, data: DigitsData | None = None,
           data_dir: str | os.PathLike | None = None, download: bool = False,
-          checkpoint: str | os.PathLike | None = None, checkpoint_every_s: float = 60.0,
-          stop_after: int | None = None, force: bool = False, command: str | None = None,
+          checkpoint: str | os.PathLike | None = None, checkpoint_every: int | str | CheckpointEvery | None = None,
+          checkpoint_every_s: float | None = None, stop_after: int | None = None, force: bool = False,
+          command: str | None = None,
           log: Callable[[str], None] | None = print, divergence_factor: float = DIVERGENCE_FACTOR) -> dict:
     r"""Train one configuration and write its JSON result to ``out`` (atomically); return the result dict.
 
@@ -763,13 +765,16 @@ def train(config: DigitsConfig, out: str | os.PathLike, *, data: DigitsData | No
       diverged, its recorded error is raised again (:class:`~mftrnn.ConvergenceError`, as in
       :func:`mftrnn.experiments.lm.train`).  Another configuration, or a file that is not a readable result, is an
       error unless ``force`` (``--force``), which replaces it.
-    * Checkpoints go to ``checkpoint`` (default :func:`default_checkpoint_path`) at evaluation steps, at most
-      every ``checkpoint_every_s`` seconds of wall time (``mftrnn digits --checkpoint-every``, in seconds as in
-      ``mftrnn lm``; finite and >= 0, 0: at every evaluation); a present checkpoint of the same configuration is
-      verified (:func:`mftrnn.experiments.harness.load_checkpoint`: checksum, keys, a position inside the run)
-      and resumed (bit-for-bit the same curve on the same device and thread count); it is deleted when the run
-      ends.  The recorded wall time sums the sessions up to their last checkpoint (work lost to an interruption
-      is not counted); ``provenance["sessions"]`` says how many processes the run took.
+    * Checkpoints go to ``checkpoint`` (default :func:`default_checkpoint_path`) after every
+      ``checkpoint_every`` optimizer steps and/or once ``checkpoint_every_s`` seconds of wall time have passed
+      since the last one (finite and >= 0; 0: after every step), as in :func:`mftrnn.experiments.lm.train`
+      (:func:`mftrnn.experiments.harness.checkpoint_cadence`): ``checkpoint_every`` is an integer number of steps
+      or a string as ``mftrnn digits --checkpoint-every`` takes it (``"60"``, ``"60s"``, ``"5min"``, ``"1h"``: wall
+      time, a bare number being seconds; ``"500steps"``); neither given: every 60 s.  A present checkpoint of the
+      same configuration is verified (:func:`mftrnn.experiments.harness.load_checkpoint`: checksum, keys, a
+      position inside the run) and resumed (bit-for-bit the same curve on the same device and thread count); it
+      is deleted when the run ends.  The recorded wall time sums the sessions up to their last checkpoint (work
+      lost to an interruption is not counted); ``provenance["sessions"]`` says how many processes the run took.
     * ``stop_after``: stop (with a checkpoint) once this many steps are done -- for time-sliced runs and tests;
       the returned dict then has ``"status": "interrupted"`` and no result file is written.
     * A non-finite loss or gradient norm, or a training or test loss above ``divergence_factor`` times the larger
@@ -785,17 +790,17 @@ def train(config: DigitsConfig, out: str | os.PathLike, *, data: DigitsData | No
     check_output(out, "result file", "--out")
     ckpt = Path(checkpoint) if checkpoint is not None else default_checkpoint_path(out)
     check_output(ckpt, "checkpoint", "checkpoint file")
-    checkpoint_every_s = check_checkpoint_every_s(checkpoint_every_s, "--checkpoint-every (checkpoint_every_s)")
+    cadence = checkpoint_cadence(checkpoint_every, checkpoint_every_s, default=CheckpointEvery(seconds=60.0))
     divergence_factor = _check_positive("divergence_factor", divergence_factor)
     device = resolve_device(config.device)
     if stop_after is not None:
         stop_after = _check_int("stop_after", stop_after, 0)
     with RunLock([out, ckpt], output=out, command=command):
-        return _train(config, out, ckpt, data, data_dir, download, checkpoint_every_s, stop_after, force, command,
+        return _train(config, out, ckpt, data, data_dir, download, cadence, stop_after, force, command,
                       log, divergence_factor, device)
 
 
-def _train(config, out, ckpt, data, data_dir, download, checkpoint_every_s, stop_after, force, command, log,
+def _train(config, out, ckpt, data, data_dir, download, cadence, stop_after, force, command, log,
            divergence_factor, device) -> dict:
     """The body of :func:`train`, under the output lock."""
     if out.exists() and not force:
@@ -938,9 +943,9 @@ def _train(config, out, ckpt, data, data_dir, download, checkpoint_every_s, stop
             run_sum, run_n = 0.0, 0
             log(f"{out.name}: step {step}/{config.steps} train loss {curve[-1]['train_loss']:.4f} "
                 f"test acc {acc:.4f} loss {tl:.4f} ({wall():.0f} s)")
-            if step < config.steps and time.perf_counter() - last_ckpt >= checkpoint_every_s:
-                save_checkpoint(ckpt, snapshot())
-                last_ckpt = time.perf_counter()
+        if step < config.steps and cadence.due(step, time.perf_counter() - last_ckpt):
+            save_checkpoint(ckpt, snapshot())
+            last_ckpt = time.perf_counter()
     res = result("finished")
     write_json_atomic(out, res)
     ckpt.unlink(missing_ok=True)
@@ -963,20 +968,23 @@ def _check_position(st: dict, config: DigitsConfig, damaged: Callable[[str], Mft
 
 def run_sweep(preset: str, out_dir: str | os.PathLike, *, seeds: Iterable[int] | None = None, data_dir=None,
               download: bool = False, command: str | None = None, log: Callable[[str], None] | None = print,
-              **overrides) -> list[dict]:
+              checkpoint_every: int | str | CheckpointEvery | None = None, **overrides) -> list[dict]:
     """Run (or resume, or skip when done) every configuration of :func:`sweep_configs` into ``out_dir``.
 
     A diverging run is recorded (status ``"diverged"``) and the sweep goes on.  Returns the result dicts.
+    ``checkpoint_every``: the cadence of every run (:func:`train`; default every 60 s).
     """
     out_dir = Path(out_dir)
     if not out_dir.is_dir():
         raise DomainError(f"output folder {str(out_dir)!r} does not exist")
+    cadence = checkpoint_cadence(checkpoint_every, default=CheckpointEvery(seconds=60.0))
     configs = sweep_configs(preset, seeds=seeds, **overrides)
     data = load_dataset(configs[0].dataset, data_dir=data_dir, download=download)
     results = []
     for cfg in configs:
         try:
-            results.append(train(cfg, out_dir / cfg.filename(), data=data, command=command, log=log))
+            results.append(train(cfg, out_dir / cfg.filename(), data=data, command=command, log=log,
+                                 checkpoint_every=cadence))
         except ConvergenceError as exc:
             if log:
                 log(f"mftrnn: {_one_line(exc)}")

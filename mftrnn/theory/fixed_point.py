@@ -593,6 +593,9 @@ def _solve_C(cell, Qstar, chi, hp):
                        floor=Qstar[todo])
         Cstar[todo], _ = _solve(g_dg("fine"), lo_c, hi_c, x0, "covariance map", floor=Qstar[todo])
     _, chi_c = _evaluate(fC, Cstar, Qstar, zeros, *hv)
+    # C* is a stable root (reached from C = Q* downwards), so chi_c <= 1; a frozen gate (mu_b -> inf) has
+    # chi_c -> 1, where the quadrature's rounding can land a few ulp above it: those are 1
+    chi_c = np.where((chi_c > 1.0) & (chi_c <= 1.0 + 1e-12), 1.0, chi_c)
     return Cstar, chi_c
 
 

@@ -684,13 +684,19 @@ def _law_chi_q_checked(st, hp, R, Q, law, K, mom) -> float:
     else :class:`~mftrnn.ConvergenceError`. The finer grid's value is returned; near chi_q = 0.99 an error of 1e-5
     is 0.1% of the timescale xi_q."""
     chi_q = _law_chi_q(st, hp, R, Q, law, K, mom)
+    if Q == 0:
+        if np.isfinite(chi_q):
+            return chi_q  # the closed form of _law_chi_q_at_zero: no grid involved
+        raise ConvergenceError(
+            f"cell {st.cell.name!r}: Q* = 0 to the root finder's resolution (the variance map at 0 is below 1e-14), "
+            f"but the cell state is not exactly 0 (mean {law.m1:.3g}, second moment {law.m2:.3g}): the input and "
+            f"bias noise reaching the cell (sigma_v^2 R + sigma_b^2) is too small to resolve chi_q; set it to 0 "
+            f"exactly or make it larger")
     coarser = [M for M in _M_GRIDS if M < K.grid.M]
     M2 = coarser[-1] if coarser else _M_GRIDS[1]
     K2 = _LawKernel(st, mom, M2, K.grid.S, law.m1)
     law2 = StationaryLaw(K2.grid, solve_characteristic(K2.matrix(sp.S.One, 0)), law.m1, law.m2, law.error)
     chi_q2 = _law_chi_q(st, hp, R, Q, law2, K2, mom)
-    if Q == 0 and np.isfinite(chi_q):
-        return chi_q  # the closed form of _law_chi_q_at_zero: no grid involved
     if not abs(chi_q2 - chi_q) <= 1e-5:
         raise ConvergenceError(f"cell {st.cell.name!r}: chi_q is not resolved by the grid ({chi_q:.12g} on "
                                f"{K.grid.M + 1} points, {chi_q2:.12g} on {M2 + 1})")
