@@ -47,3 +47,31 @@ def test_one_line_errors(capsys, argv, fragment):
     rc, out, err = run_cli(capsys, *argv)
     assert_one_line_error(rc, out, err)
     assert fragment in err
+
+
+def test_spectrum_gru_json_is_the_library_result(capsys):
+    rc, out, err = run_cli(capsys, "spectrum", "gru", "--mu-b-z", "2", "--T", "10", "--json")
+    assert rc == 0 and err == ""
+    d = json.loads(out)
+    from mftrnn.theory.gated_jacobian import gated_product_moments
+    ref = gated_product_moments("gru", 10, mu_b_z=2.0)
+    assert d["mean"] == ref["mean"] and d["relative_variance_independent"] == ref["relative_variance_independent"]
+    assert d["states"] == ["h"] and d["mu_b_z"] == 2.0
+
+
+def test_critical_gru_json_chooses_the_timescale(capsys):
+    rc, out, err = run_cli(capsys, "critical", "gru", "--T", "25", "--json")
+    assert rc == 0 and err == ""
+    d = json.loads(out)
+    assert d["memory_gate"] == "z" and abs(d["xi"] - 25) < 1e-6 * 25
+    # the chosen hyperparameters reproduce the timescale through the fixed point
+    hp = {k: d[k] for k in d if k[:5] in ("sigma", "mu_b_") or k == "R"}
+    assert mf.fixed_point("gru", **hp).xi == pytest.approx(25, rel=1e-6)
+
+
+def test_fixed_point_gru_correlations(capsys):
+    rc, out, err = run_cli(capsys, "fixed-point", "gru", "--mu-b-z", "2", "--correlations", "--json")
+    assert rc == 0
+    d = json.loads(out)
+    fp = mf.fixed_point("gru", mu_b_z=2.0, correlations=True)
+    assert d["chi_c"] == pytest.approx(float(fp.chi_c), rel=1e-12) and 0 <= d["chi_c"] <= 1
