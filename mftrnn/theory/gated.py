@@ -857,7 +857,7 @@ def gated_fixed_point(cell, *, closure: str = "exact", correlations: bool = Fals
     (reached from a zero state); ``multistable`` flags points where the scan saw more than one.
 
     Arrays of more than one point go to the batched engine (:mod:`mftrnn.theory.gated_grid`; same numbers to
-    5e-10); for law cells (``nn.LSTM``) it does not compute :math:`\chi_q`, so ``chi_q`` and ``xi_q`` are ``None``
+    ~1e-9); for law cells (``nn.LSTM``) it does not compute :math:`\chi_q`, so ``chi_q`` and ``xi_q`` are ``None``
     there: call with scalar hyperparameters for them.
 
     ``correlations=True`` adds, for two copies with the same weights and independent inputs
