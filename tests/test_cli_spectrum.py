@@ -57,7 +57,7 @@ def test_table_output(capsys):
 
 
 @pytest.mark.parametrize("argv", [
-    ["spectrum", "lstm", "--T", "3"],
+    ["spectrum", "gru-reset-before", "--T", "3"],
     ["spectrum", "vanilla", "--T", "0"],
     ["spectrum", "vanilla", "--T", "2.5"],
     ["spectrum", "vanilla", "--T", "ten"],
