@@ -62,3 +62,8 @@ def test_lstm_cell_forget_gate_and_refusals():
             gated_for_timescale("gru", bad)
     with pytest.raises(DomainError):
         gated_for_timescale("gru", 10**6)
+
+
+def test_input_gate_read_from_the_cell():
+    from mftrnn.theory.critical_gated import input_gate
+    assert input_gate("lstm") == "i" and input_gate("gru") is None

@@ -109,7 +109,16 @@ MAX_PARAMETERS = 2 ** 28
 DIVERGENCE_FACTOR = 3.0
 """A loss above this times the larger of the initial test loss and ln(classes) means the run diverged."""
 
-_MEMORY_GATE = {"lstm": "f", "gru": "z"}  # the gate whose bias sets the memory timescale
+def _memory_gate(cell: str) -> str:
+    """The gate whose bias sets the memory timescale, read off the cell description (LSTM f, GRU z)."""
+    from ..theory.critical_gated import memory_gate
+    return memory_gate(cell)
+
+
+def _input_gate(cell: str) -> str | None:
+    """The cell's separate input gate (LSTM i), None where there is none (GRU: its input factor is 1 - z)."""
+    from ..theory.critical_gated import input_gate
+    return input_gate(cell)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -172,11 +181,10 @@ def _init_default(module, T, generator) -> dict:
 
 def _init_forget1(module, T, generator) -> dict:
     cell = _cell_name(module)
-    gate = _MEMORY_GATE[cell]
+    gate = _memory_gate(cell)
     _set_gate_bias(module, gate, lambda n: torch.ones(n))
-    note = ("LSTM forget-gate bias b_f = 1 (bias_ih_f = 1, bias_hh_f = 0)" if cell == "lstm" else
-            "GRU update-gate bias b_z = +1 (bias_ih_z = 1, bias_hh_z = 0); h = (1 - z) n + z h, so z -> 1 keeps "
-            "the memory")
+    note = (f"{cell.upper()} memory-gate bias b_{gate} = 1 (bias_ih_{gate} = 1, bias_hh_{gate} = 0; the gate of the "
+            f"factor that keeps the state: {gate} -> 1 keeps the memory)")
     return {"note": note + "; everything else PyTorch's", "gate": gate, "bias": 1.0}
 
 
@@ -185,21 +193,21 @@ def _init_chrono(module, T, generator) -> dict:
     if T < 3:
         raise DomainError(f"the chrono initialisation draws u ~ U(1, T - 1) and needs T >= 3, got T={T}")
     cell = _cell_name(module)
+    gate, ig = _memory_gate(cell), _input_gate(cell)
     _, layers = _blocks(module)
     with torch.no_grad():
         for layer in layers:
-            n = layer["f" if cell == "lstm" else "z"].b.shape[0]
+            n = layer[gate].b.shape[0]
             u = 1.0 + (T - 2) * torch.rand(n, generator=generator, dtype=torch.float64)
             b = torch.log(u)
-            if cell == "lstm":
-                layer["f"].b.copy_(b)
-                layer["i"].b.copy_(-b)
-                layer["i"].b_hh.zero_()
-            else:
-                layer["z"].b.copy_(b)
-            layer[_MEMORY_GATE[cell]].b_hh.zero_()
-    note = ("LSTM chrono (Tallec & Ollivier 2018): b_f = ln u, b_i = -b_f, u ~ U(1, T - 1) per unit" if cell == "lstm"
-            else "GRU chrono analogue: b_z = ln u, u ~ U(1, T - 1) per unit (update gate = forget gate)")
+            layer[gate].b.copy_(b)
+            layer[gate].b_hh.zero_()
+            if ig is not None:
+                layer[ig].b.copy_(-b)
+                layer[ig].b_hh.zero_()
+    note = (f"{cell.upper()} chrono (Tallec & Ollivier 2018): b_{gate} = ln u"
+            + (f", b_{ig} = -b_{gate}" if ig is not None else f" (the analogue for a cell whose input factor is "
+               f"1 - {gate})") + ", u ~ U(1, T - 1) per unit")
     return {"note": note + "; everything else PyTorch's", "T_max": T}
 
 
@@ -378,7 +386,8 @@ class LongSeqConfig:
             if n > MAX_ELEMENTS:
                 raise DomainError(f"{what} would hold {n:.3g} elements (at most {MAX_ELEMENTS:.3g}); lower T, "
                                   f"batch_size or n_test")
-        gates = 4 if self.cell == "lstm" else 3
+        from ..cells.registry import get_cell
+        gates = len(get_cell(self.cell).gates)
         n_params = gates * self.hidden * (self.hidden + n_inputs + 2)
         if n_params > MAX_PARAMETERS:
             raise DomainError(f"hidden={self.hidden} gives {n_params:.3g} recurrent parameters (at most "

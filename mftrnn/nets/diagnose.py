@@ -684,9 +684,9 @@ def diagnose(module, T, *, R: float = 1.0, measure: bool = True, seed: int = 0, 
         kind, sentence = verdict(chi, T, xi)
         if bool(np.any(fp.multistable)):
             notes.append("the variance map has several stable fixed points; Q* is the least (from a zero state)")
-        if single is not None and single.name == "minimal" and lay.layer > 0:
-            notes.append("a deeper minimalRNN layer is driven by slowly varying states, not the i.i.d. inputs the "
-                         "mean field assumes: its numbers are a rough guide (see mftrnn.nets.init)")
+        if lay.layer > 0:
+            notes.append("a deeper layer is driven by the states of the layer below, correlated in time, not the "
+                         "i.i.d. inputs the mean field assumes: its numbers are a rough guide (see mftrnn.nets.init)")
         L = LayerDiagnosis(layer=lay.layer, direction=lay.direction, N=lay.N, N_in=lay.N_in, R=R_cell,
                            R_source=R_source, gates=stats, orthogonal=orthogonal,
                            hyperparameters={k: float(v) for k, v in hp.items()}, Q_star=float(fp.Q_star), chi=chi,

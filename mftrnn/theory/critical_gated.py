@@ -36,7 +36,7 @@ from ..cells.gated import GatedCell, gate_hyperparameters
 from ..errors import ConvergenceError, DomainError, MftrnnError
 from .gated import _point, analyse, gated_fixed_point
 
-__all__ = ["memory_gate", "gated_for_timescale", "SIGMA_W_DEFAULT", "XI_MAX_GATED"]
+__all__ = ["memory_gate", "input_gate", "gated_for_timescale", "SIGMA_W_DEFAULT", "XI_MAX_GATED"]
 
 #: default recurrent scale per gate (module docstring: where tied networks follow the untied theory)
 SIGMA_W_DEFAULT = 0.2
@@ -57,6 +57,23 @@ def memory_gate(cell) -> str:
     if st.carried is None or len(fields) != 1:
         raise MftrnnError(f"cell {cell.name!r}: no single memory gate in the carried state's factor {st.A}")
     return fields[0].gate
+
+
+def input_gate(cell) -> str | None:
+    r"""The gate letter of a sigmoid factor of :math:`B` in :math:`s_t = As_{t-1} + B` on a field of its own (the
+    LSTM's input gate ``i``), or ``None`` where :math:`B`'s gate factor is the memory gate's (the GRU's
+    :math:`1 - z`)."""
+    from ..cells.functions import sigmoid
+    from ..cells.registry import get_cell
+    cell = get_cell(cell) if not isinstance(cell, GatedCell) else cell
+    mem = memory_gate(cell)
+    st = analyse(cell)
+    for factor in sp.Mul.make_args(sp.factor_terms(st.B)):
+        if isinstance(factor, sigmoid) and factor.args[0].is_Symbol:
+            f = cell.field_of(factor.args[0])
+            if f.gate != mem:
+                return f.gate
+    return None
 
 
 def _hyperparameters(cell: GatedCell, gate: str, mu: float, sigma_w: float, sigma_v: float, R: float) -> dict:
