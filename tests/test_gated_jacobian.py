@@ -180,5 +180,6 @@ def test_unsupported_cells_and_bad_input():
             gj.gated_product_moments(fp, bad)
     with pytest.raises(MftrnnError):
         gj.gated_step_moments("vanilla")
-    with pytest.raises(DomainError):
-        gj.gated_step_moments(fp, samples=5)
+    for bad in (5, "x", 1e3 + 0.5, float("nan"), None):
+        with pytest.raises(DomainError):
+            gj.gated_step_moments(fp, samples=bad)

@@ -263,9 +263,20 @@ def gated_step_moments(fp_or_cell, *, orthogonal: bool = False, samples: int = 4
     ``relative_variance`` :math:`r = m_2/m_1^2 - 1`, their Monte Carlo standard errors ``m1_error``, ``m2_error``,
     ``relative_variance_error`` (over 10 batches of ``samples / 10`` units), ``states`` and ``orthogonal``. Formulas
     and assumptions: module docstring."""
-    fp = _as_fixed_point(fp_or_cell, hyperparameters)
+    return _step_moments(_as_fixed_point(fp_or_cell, hyperparameters), orthogonal, samples, seed)[0]
+
+
+def _step_moments(fp: FixedPoint, orthogonal: bool, samples: int, seed: int) -> tuple[dict, tuple]:
+    """:func:`gated_step_moments`, and the diagonal moments ``(E[a^2], E[a^4], Var(a^2 + sum s b^2))`` of
+    :func:`_independent_relative_variance` (NaN where they do not apply)."""
     js = jacobian_structure(fp.cell)
     st = analyse(js.cell)
+    try:
+        ok = not isinstance(samples, bool) and float(samples) == int(samples)
+    except (TypeError, ValueError, OverflowError):
+        ok = False
+    if not ok:
+        raise DomainError(f"samples must be an integer, got {samples!r}")
     samples = int(samples)
     if samples < 10 * _BATCHES:
         raise DomainError(f"samples must be at least {10 * _BATCHES}, got {samples}")
@@ -287,8 +298,8 @@ def gated_step_moments(fp_or_cell, *, orthogonal: bool = False, samples: int = 4
             "relative_variance": float(m2 / m1 ** 2 - 1.0) if m1 > 0 else float("nan"),
             "m1_error": float(err[0]), "m2_error": float(err[1]),
             "relative_variance_error": float(rel.std(ddof=1) / math.sqrt(_BATCHES)),
-            "states": tuple(str(x) for x in js.states), "orthogonal": bool(orthogonal),
-            "_diagonal": (float(Ea2), float(Ea4), float(dvar))}
+            "states": tuple(str(x) for x in js.states), "orthogonal": bool(orthogonal)}, \
+        (float(Ea2), float(Ea4), float(dvar))
 
 
 # --------------------------------------------------------------------------- T steps: the mean, exactly
@@ -341,7 +352,7 @@ def gated_product_moments(fp_or_cell, T, *, orthogonal: bool = False, samples: i
     T = _check_T(T)
     js = jacobian_structure(fp.cell)
     st = analyse(js.cell)
-    step = gated_step_moments(fp, orthogonal=orthogonal, samples=samples, seed=seed)
+    step, (Ea2, Ea4, dvar) = _step_moments(fp, orthogonal, samples, seed)
     chi = float(fp.chi)
     if len(js.states) == 1:
         log_mean = T * math.log(chi) if chi > 0 else -np.inf
@@ -351,7 +362,6 @@ def gated_product_moments(fp_or_cell, T, *, orthogonal: bool = False, samples: i
         raise MftrnnError(f"cell {js.cell.name!r}: the T-step mean of a closed cell with several states is not "
                           "derived here")
     r = step["relative_variance"]
-    Ea2, Ea4, dvar = step.pop("_diagonal")
     rel_ind = None
     if len(js.states) == 1 and np.isfinite(Ea2) and r > 0:
         rel_ind = _independent_relative_variance(T, r, step["m1"], Ea2, Ea4, dvar)
