@@ -5,8 +5,9 @@ fixed points satisfy their maps, recomputed by independent quadrature, is tested
 ``test_properties_gated.py`` and ``test_right_numbers.py``.)
 
 The bounds used hold for every registered cell: ``Q* >= 0``, ``chi >= 0`` (a growth factor of a second moment),
-``xi = -1/ln chi`` (infinite for ``chi >= 1``), the pre-activation variances ``q >= sigma_v^2 R + sigma_b^2``
-(their input and bias parts), and ``Q* <= 1`` where the output is a bounded (|.| <= 1) function of the fields
+``xi = -1/ln chi`` (infinite for ``chi >= 1``), the pre-activation variances ``q >= 0`` (gated cells: at least
+their input and bias parts ``sigma_v^2 R + sigma_b^2``), and ``Q* <= 1`` where the output is a bounded (|.| <= 1)
+function of the fields
 (tanh readouts and convex combinations of tanh candidates). Deterministic; few examples per gated cell (seconds
 each)."""
 import math
@@ -73,3 +74,10 @@ def test_gated_cells(cell, hp):
     for f in cellobj.fields:
         floor = (hp["sigma_v"] ** 2 if f.input else 0.0) + (hp["sigma_b"] ** 2 if f.bias else 0.0)
         assert float(fp.q_stars[str(f.symbol)]) >= floor * (1 - 1e-12)
+
+
+@pytest.mark.parametrize("cell", mf.cells())
+def test_every_cell_at_its_defaults(cell):
+    """The properties must be checked, not skipped by a refusal: at its default hyperparameters every registered
+    cell returns a fixed point."""
+    assert _check(cell, {}) is not None

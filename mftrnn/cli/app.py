@@ -827,8 +827,7 @@ def cmd_spectrum(args: argparse.Namespace) -> int:
     cell = _check_cell(args.cell)
     if _is_gated(cell):
         return cmd_spectrum_gated(args, cell, _parse_T(args.T))
-    if not _is_gated(cell):
-        _refuse_gate_options(args, cell)  # (a gated cell is refused by product_moments with its own message)
+    _refuse_gate_options(args, cell)
     params = _fixed_params(args)
     T = _parse_T(args.T)
     if args.out is not None:

@@ -3,8 +3,8 @@ derived gated modules) for a task of length :math:`T`, in the style of ``torch.n
 chosen hyperparameters and the theory's predictions.
 
 The hyperparameters of every layer come from :func:`mftrnn.theory.critical_gated.gated_for_timescale` (timescale
-:math:`\xi = kT` through the memory gate's bias, a memory gate independent of the input, PyTorch's recurrent scale
-elsewhere; see there for the objective and why). Layer :math:`l > 1` reads the states of layer :math:`l-1`, whose
+:math:`\xi = kT` through the memory gate's bias, a memory gate independent of the input, small recurrent weights,
+``sigma_w = 0.2`` by default; see there for the objective and why). Layer :math:`l > 1` reads the states of layer :math:`l-1`, whose
 second moment :math:`Q^*` (not the network input's :math:`R`) is its input's: its hyperparameters are chosen for
 that :math:`R`. PyTorch's two bias vectors: the whole bias goes into ``bias_ih`` and ``bias_hh`` is set to 0 (their
 sum is what the theory sees).

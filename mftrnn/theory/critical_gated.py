@@ -1,8 +1,9 @@
 r"""Critical initialisation of gated cells (``nn.LSTM``, ``nn.GRU``) for a task of length :math:`T`.
 
 **Objective.** A task of length :math:`T` needs the state to remember for :math:`T` steps and gradients to cross
-them: the timescale :math:`\xi = -1/\ln\chi` at least :math:`kT`, where the mean squared singular value of the
-:math:`T`-step Jacobian is then :math:`\approx e^{-1/k}` (exactly: the ``mean`` of
+them: the timescale :math:`\xi = -1/\ln\chi` at least :math:`kT`, so that :math:`\chi^T = e^{-1/k}` (the GRU's mean
+squared singular value of the :math:`T`-step Jacobian is exactly that; the LSTM's, over the whole state
+:math:`(c, h)`, is lower, since half of its spectrum belongs to :math:`h`: the ``mean`` of
 :func:`mftrnn.theory.gated_jacobian.gated_product_moments`, reported), and a narrow Jacobian spectrum. The lever is
 the cell's **memory gate**, the gate of the factor :math:`A` in the carried state's update :math:`s_t = A s + B`
 (read off the cell description: the LSTM's forget gate :math:`f`, the GRU's update gate :math:`z`):
@@ -15,11 +16,9 @@ the cell's **memory gate**, the gate of the factor :math:`A` in the carried stat
    :func:`mftrnn.theory.jacobian.product_moments`); the recurrent weights still modulate the gate;
 3. the other gates keep :math:`\sigma_v = 1` (the input reaches the cell) and zero bias, and every recurrent matrix
    has ``sigma_w`` (default 0.2: small recurrent weights, where the untied theory describes the real network with
-   one matrix reused at every step). Measured on the initialised modules (``mftrnn.diagnose``, N = 256, T = 30,
-   tied weights, 4 sequences): ``nn.GRU`` :math:`\chi` = 0.96724 ± 0.00004 against the predicted 0.96722 at
-   ``sigma_w = 0.2`` (0.9675 ± 0.0001 at PyTorch's per-gate scale :math:`1/\sqrt3`); ``nn.LSTM`` 0.9713 ± 0.0004
-   (:math:`\xi` = 34 against 30) at 0.2, but 0.9880 ± 0.0011 (:math:`\xi` = 83) at :math:`1/\sqrt3`, where the
-   tied LSTM departs from its untied mean field.
+   one matrix reused at every step; the real LSTM departs from its untied mean field as ``sigma_w`` grows, the
+   caveat of the gated chapter). ``tests/test_gated_init.py`` measures :math:`\chi` on an initialised ``nn.GRU``
+   (``mftrnn.diagnose``, tied weights) against the prediction; ``mftrnn.diagnose`` prints both for any module.
 
 The result reports the one-step and :math:`T`-step spectrum (mean exact; spread by the approximations stated in
 :mod:`mftrnn.theory.gated_jacobian`), so that a user who passes another ``sigma_w`` sees what it costs.
@@ -101,16 +100,16 @@ def gated_for_timescale(cell, T, *, k: float = 1.0, sigma_w: float = SIGMA_W_DEF
     :class:`~mftrnn.DomainError` for bad input or :math:`kT >` :data:`XI_MAX_GATED`;
     :class:`~mftrnn.ConvergenceError` if no bias reaches the target."""
     from ..cells.registry import get_cell
-    from .gated_jacobian import gated_product_moments
+    from .gated_jacobian import gated_product_moments, jacobian_structure
     cell = get_cell(cell) if not isinstance(cell, GatedCell) else cell
     gate = memory_gate(cell)
     for name, v in (("T", T), ("k", k), ("sigma_w", sigma_w), ("sigma_v", sigma_v), ("R", R)):
         try:
             ok = math.isfinite(float(v)) and float(v) >= 0 and not isinstance(v, bool)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             ok = False
         if not ok:
-            raise DomainError(f"{name} must be a finite non-negative number, got {v!r}")
+            raise DomainError(f"{name} must be a finite non-negative number, got {v!r:.40}")
     if float(T) != int(T) or int(T) < 1:
         raise DomainError(f"T must be an integer >= 1, got {T!r}")
     if not float(k) > 0:
@@ -127,19 +126,19 @@ def gated_for_timescale(cell, T, *, k: float = 1.0, sigma_w: float = SIGMA_W_DEF
     lo, hi = guess - 1.0, guess + 1.0
     f_lo, f_hi = F(lo), F(hi)
     for _ in range(20):
-        if f_lo < 0 < f_hi:
-            break
         if f_lo >= 0:
             lo, f_lo = lo - 2.0, F(lo - 2.0)
         if f_hi <= 0:
             hi, f_hi = hi + 1.0, F(hi + 1.0)
+        if f_lo < 0 < f_hi:
+            break
     else:
         raise ConvergenceError(f"{cell.name}: no {gate}-gate bias gives xi = {xi_target:g} at sigma_w = {sigma_w:g}")
     mu = brentq(F, lo, hi, xtol=1e-10, rtol=1e-12)
     hp = _hyperparameters(cell, gate, mu, sigma_w, sigma_v, R)
     fp = gated_fixed_point(cell, **hp)
     spec = gated_product_moments(fp, T, orthogonal=orthogonal, samples=samples)
-    one_state = spec["relative_variance_independent"] is not None
+    one_state = len(jacobian_structure(cell).states) == 1
     out = {key: float(v) for key, v in fp.params.items()}
     out.update(cell=cell.name, memory_gate=gate, T=T, k=k, orthogonal=bool(orthogonal), Q_star=float(fp.Q_star),
                chi=float(fp.chi), xi=float(fp.xi), mean=spec["mean"], log_mean=spec["log_mean"],

@@ -442,7 +442,7 @@ _GH = np.polynomial.hermite_e.hermegauss(64)
 
 
 def gaussian_tanh_pair(M: float, V: float, Cov: float) -> float:
-    r""":math:`\mathbb E[	anh c^a	anh c^b]` for :math:`(c^a, c^b)` bivariate Gaussian with common mean ``M``,
+    r""":math:`\mathbb E[\tanh c^a\tanh c^b]` for :math:`(c^a, c^b)` bivariate Gaussian with common mean ``M``,
     variance ``V`` and covariance ``Cov`` (64-point Gauss-Hermite in each direction, Cholesky form; a smooth
     function of ``Cov``)."""
     x, w = _GH
@@ -470,13 +470,13 @@ def _law_pair_map(st, hp, R, fx, Cc, Ch, Sigma=0.0):
 
 
 def law_correlation(st, hp: dict, R: float, p: dict, Sigma: float = 0.0) -> dict:
-    r""":math:`C^*` and :math:`\chi_c` of a law cell (``torch.nn.LSTM``: gates read :math:`h = o	anh c`) under a
+    r""":math:`C^*` and :math:`\chi_c` of a law cell (``torch.nn.LSTM``: gates read :math:`h = o\tanh c`) under a
     **closure** (an approximation, labelled as one in :attr:`FixedPoint.approximation`).
 
     Exact parts: the fields' pair covariance :math:`q_k^{ab} = \sigma_{w,K}^2 C_h + \sigma_{b,K}^2` (+
     :math:`\sigma_{v,K}^2R\Sigma`) and the cell states' cross moment, which closes on itself,
     :math:`C_c' = \mathbb E[A^aA^b]C_c + (\mathbb E[A^aB^b] + \mathbb E[B^aA^b])M + \mathbb E[B^aB^b]`.
-    Not closed: :math:`C_h' = \mathbb E[G^aG^b]\,\mathbb E[	anh c^a	anh c^b]`, which needs the joint law of
+    Not closed: :math:`C_h' = \mathbb E[G^aG^b]\,\mathbb E[\tanh c^a\tanh c^b]`, which needs the joint law of
     :math:`(c^a, c^b)`, the stationary law of a two-dimensional random affine recursion with correlated
     coefficients. Computing it (a 2-D characteristic function on a tensor Chebyshev grid, :math:`(M+1)^2` unknowns
     with :math:`M` up to 320 for the 1-D law, i.e. dense systems of :math:`10^5` unknowns per evaluation of the map,
@@ -484,8 +484,8 @@ def law_correlation(st, hp: dict, R: float, p: dict, Sigma: float = 0.0) -> dict
     Gaussian with the exact mean :math:`M`, variance :math:`Q_c - M^2` and covariance :math:`C_c - M^2`, normalised
     so that identical copies are exact:
 
-    .. math:: \mathbb E[	anh c^a	anh c^b] pprox \mathbb E_\pi[	anh^2 c]\,
-              rac{K_G(C_c)}{K_G(Q_c)},\qquad K_G(C) = \mathbb E_{\mathcal N}[	anh c^a	anh c^b].
+    .. math:: \mathbb E[\tanh c^a\tanh c^b] \approx \mathbb E_\pi[\tanh^2 c]\,
+              \frac{K_G(C_c)}{K_G(Q_c)},\qquad K_G(C) = \mathbb E_{\mathcal N}[\tanh c^a\tanh c^b].
 
     :math:`C^*` solves the two maps at their fixed point (Brent's method in :math:`C_h`, with :math:`C_c` at its
     fixed point for each :math:`C_h`), the largest root below :math:`Q^*`; :math:`\chi_c` is the leading eigenvalue

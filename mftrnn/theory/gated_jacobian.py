@@ -65,7 +65,7 @@ import numpy as np
 import sympy as sp
 
 from ..cells.gated import GatedCell
-from ..errors import DomainError, MftrnnError
+from ..errors import ConvergenceError, DomainError, MftrnnError
 from .fixed_point import FixedPoint
 from .gated import _E, analyse, law_perturbation_map, stationary_law
 from .jacobian import MAX_T, _gauss_rule, _linear, _log_geometric_sums
@@ -292,10 +292,21 @@ def _step_moments(fp: FixedPoint, orthogonal: bool, samples: int, seed: int) -> 
         batches.append(_step_terms(js, values, n, s, 0.0 if orthogonal else 1.0))
     b = np.array(batches)
     m1, m2, Ea2, Ea4, dvar = b.mean(0)
+    if not m1 > 0:
+        raise DomainError(f"cell {js.cell.name!r}: the one-step Jacobian vanishes at this point (mean squared "
+                          "singular value 0: a closed memory gate and no recurrent weights); its spectrum is the "
+                          "point 0 and has no relative spread")
     err = b.std(0, ddof=1) / math.sqrt(_BATCHES)
     rel = b[:, 1] / b[:, 0] ** 2 - 1.0
-    return {"m1": float(m1), "m2": float(m2), "variance": float(m2 - m1 ** 2),
-            "relative_variance": float(m2 / m1 ** 2 - 1.0) if m1 > 0 else float("nan"),
+    r = float(m2 / m1 ** 2 - 1.0)
+    if r < 0:
+        # m2 >= m1^2 in exact arithmetic (a variance); below it only by rounding of the sample averages
+        if r < -1e-12:
+            raise ConvergenceError(f"cell {js.cell.name!r}: the sampled spectral variance is negative ({r:.3g} "
+                                   "relative): the unit averages are not resolved")
+        r = 0.0
+    return {"m1": float(m1), "m2": float(m2), "variance": float(r * m1 ** 2),
+            "relative_variance": r,
             "m1_error": float(err[0]), "m2_error": float(err[1]),
             "relative_variance_error": float(rel.std(ddof=1) / math.sqrt(_BATCHES)),
             "states": tuple(str(x) for x in js.states), "orthogonal": bool(orthogonal)}, \
@@ -363,7 +374,7 @@ def gated_product_moments(fp_or_cell, T, *, orthogonal: bool = False, samples: i
                           "derived here")
     r = step["relative_variance"]
     rel_ind = None
-    if len(js.states) == 1 and np.isfinite(Ea2) and r > 0:
+    if len(js.states) == 1 and np.isfinite(Ea2):
         rel_ind = _independent_relative_variance(T, r, step["m1"], Ea2, Ea4, dvar)
     log_var = math.log(T * r) + 2 * log_mean if r > 0 and np.isfinite(log_mean) else -np.inf
     return {"T": T, "mean": _float_or_none(log_mean), "log_mean": float(log_mean),
@@ -380,14 +391,14 @@ def gated_product_moments(fp_or_cell, T, *, orthogonal: bool = False, samples: i
 
 def _independent_relative_variance(T: int, r: float, m1: float, Ea2: float, Ea4: float, dvar: float):
     r"""Relative variance of the T-step product for one state with coefficients drawn afresh at every step:
-    :math:`Tr + lpha\delta G_T` (:func:`mftrnn.theory.jacobian.product_moments`; :math:`lpha =
-    \operatorname{Var}(a^2)/m_1^2`, :math:`eta = \mathbb E[a^4]/m_1^2`, :math:`\delta = \operatorname{Var}(a^2 +
-    \sum_k s_kb_k^2)/m_1^2`, :math:`G_T = \sum_{t<T}\sum_{j<t}eta^j`). ``None`` where it overflows."""
+    :math:`Tr + \alpha\delta G_T` (:func:`mftrnn.theory.jacobian.product_moments`; :math:`\alpha =
+    \operatorname{Var}(a^2)/m_1^2`, :math:`\beta = \mathbb E[a^4]/m_1^2`, :math:`\delta = \operatorname{Var}(a^2 +
+    \sum_k s_kb_k^2)/m_1^2`, :math:`G_T = \sum_{t<T}\sum_{j<t}\beta^j`). ``None`` where it overflows."""
     alpha = max(Ea4 - Ea2 ** 2, 0.0) / m1 ** 2
     if alpha == 0 or dvar == 0:
         return T * r
     _, log_G = _log_geometric_sums(np.log(Ea4 / m1 ** 2), T)
-    log_rel = np.logaddexp(math.log(T * r), math.log(alpha) + math.log(dvar / m1 ** 2) + float(log_G))
+    log_rel = np.logaddexp(math.log(T * r) if r > 0 else -np.inf, math.log(alpha) + math.log(dvar / m1 ** 2) + float(log_G))
     return _float_or_none(log_rel)
 
 
