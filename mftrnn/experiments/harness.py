@@ -40,15 +40,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
+import numpy as np
 import torch
 
-from ..errors import MftrnnError
+from ..errors import DataError, MftrnnError
 from .._io import atomic_write
 
 __all__ = ["device_name", "git_state", "utc_now", "provenance", "write_json_atomic", "save_checkpoint",
            "load_checkpoint", "content_digest", "resolve_device", "check_output", "RunLock", "clean_stale_temps",
            "CheckpointEvery", "parse_checkpoint_every", "check_checkpoint_every_s", "checkpoint_cadence",
-           "INTEGRITY_KEY"]
+           "INTEGRITY_KEY", "default_checkpoint_path", "load_result_files", "jsonable", "one_line"]
 
 
 def device_name(device) -> str:
@@ -486,3 +487,54 @@ def load_checkpoint(path, required: Iterable[str] = (), restart: str | None = No
 
 def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())[:300] or type(exc).__name__
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's message on one line (its type's name if it has none)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def default_checkpoint_path(out) -> Path:
+    """``DIR/NAME.json`` -> ``DIR/.NAME.ckpt.pt`` (deleted when the run finishes)."""
+    out = Path(out)
+    return out.with_name("." + out.stem + ".ckpt.pt")
+
+
+def load_result_files(paths, formats, what: str) -> list:
+    """Result dicts from a folder (every ``*.json`` in it, sorted), one file, or a list of files / dicts; each file
+    must hold a dict whose ``format`` is one of ``formats``, else :class:`~mftrnn.DataError` naming ``what``."""
+    if isinstance(paths, (str, os.PathLike)):
+        p = Path(paths)
+        paths = sorted(p.glob("*.json")) if p.is_dir() else [p]
+    out = []
+    for p in paths:
+        if isinstance(p, dict):
+            out.append(p)
+            continue
+        try:
+            d = json.loads(Path(p).read_text())
+        except (OSError, ValueError) as exc:
+            raise DataError(f"cannot read result file {p}: {one_line(exc)}") from None
+        if not isinstance(d, dict) or d.get("format") not in formats:
+            raise DataError(f"{p} is not {what}")
+        out.append(d)
+    return out
+
+
+def jsonable(obj):
+    """``obj`` with tensors / NumPy scalars and arrays as Python numbers and lists, non-finite floats as ``None``."""
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, torch.Tensor):
+        return jsonable(obj.item() if obj.numel() == 1 else obj.tolist())
+    if isinstance(obj, np.ndarray):
+        return jsonable(obj.tolist())
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, bool) or obj is None or isinstance(obj, (int, str)):
+        return obj
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    return str(obj)

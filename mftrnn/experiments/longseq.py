@@ -89,7 +89,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..errors import ConvergenceError, DataError, DomainError, MftrnnError, UnknownCellError
-from .harness import (CheckpointEvery, RunLock, check_output, git_state, load_checkpoint, parse_checkpoint_every,
+from .harness import (default_checkpoint_path, jsonable as _jsonable, load_result_files, one_line as _one_line,
+                      CheckpointEvery, RunLock, check_output, git_state, load_checkpoint, parse_checkpoint_every,
                       provenance, resolve_device, save_checkpoint, utc_now, write_json_atomic)
 from .memory_tasks import MAX_ELEMENTS, PADS, CopyMemoryTask, PaddedDigits
 
@@ -471,31 +472,9 @@ def evaluate(model: LongSeqModel, task, chunk: int = 250) -> dict:
     return {"test_loss": loss, "test_accuracy": correct / n_seq}
 
 
-def default_checkpoint_path(out: str | os.PathLike) -> Path:
-    """``DIR/NAME.json`` -> ``DIR/.NAME.ckpt.pt`` (deleted when the run finishes)."""
-    out = Path(out)
-    return out.with_name("." + out.stem + ".ckpt.pt")
-
-
 def load_results(paths) -> list[dict]:
     """Result dicts from a folder (its ``*.json``, sorted), a file, or a list of files / dicts."""
-    import json
-    if isinstance(paths, (str, os.PathLike)):
-        p = Path(paths)
-        paths = sorted(p.glob("*.json")) if p.is_dir() else [p]
-    out = []
-    for p in paths:
-        if isinstance(p, dict):
-            out.append(p)
-            continue
-        try:
-            d = json.loads(Path(p).read_text())
-        except (OSError, ValueError) as exc:
-            raise DataError(f"cannot read result file {p}: {_one_line(exc)}") from None
-        if not isinstance(d, dict) or d.get("format") != RESULT_FORMAT:
-            raise DataError(f"{p} is not a long-sequence result (format {RESULT_FORMAT!r})")
-        out.append(d)
-    return out
+    return load_result_files(paths, (RESULT_FORMAT,), f"a long-sequence result (format {RESULT_FORMAT!r})")
 
 
 _CHECKPOINT_KEYS = ("config", "step", "model", "optimizer", "batch_rng", "torch_rng", "curve", "elapsed_s",
@@ -932,25 +911,3 @@ def _positive(name: str, value) -> float:
     return v
 
 
-def _jsonable(obj):
-    """``obj`` with tensors / NumPy scalars as Python numbers, non-finite floats as ``None``."""
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, torch.Tensor):
-        obj = obj.item() if obj.numel() == 1 else obj.tolist()
-        return _jsonable(obj)
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, bool) or obj is None or isinstance(obj, (int, str)):
-        return obj
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    return str(obj)
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__

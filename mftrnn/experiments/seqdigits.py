@@ -66,7 +66,6 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
-import json
 import math
 import os
 import platform
@@ -84,7 +83,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .harness import (CheckpointEvery, RunLock, check_output, checkpoint_cadence, device_name, git_state,
+from .harness import (default_checkpoint_path, jsonable as _jsonable, load_result_files, one_line as _one_line,
+                      CheckpointEvery, RunLock, check_output, checkpoint_cadence, device_name, git_state,
                       load_checkpoint, resolve_device, save_checkpoint, utc_now, write_json_atomic)
 from . import data as _data
 from ..errors import ConvergenceError, DataError, DomainError, MftrnnError, UnknownCellError
@@ -716,30 +716,9 @@ def fixed_test_subset(n_test: int, n_available: int) -> torch.Tensor:
     return torch.randperm(n_available, generator=torch.Generator().manual_seed(12345))[:n_test]
 
 
-def default_checkpoint_path(out: str | os.PathLike) -> Path:
-    """``DIR/NAME.json`` -> ``DIR/.NAME.ckpt.pt`` (deleted when the run finishes)."""
-    out = Path(out)
-    return out.with_name("." + out.stem + ".ckpt.pt")
-
-
 def load_results(paths) -> list[dict]:
     """Result dicts from a folder (every ``*.json`` in it, sorted), one file, or a list of files/dicts."""
-    if isinstance(paths, (str, os.PathLike)):
-        p = Path(paths)
-        paths = sorted(p.glob("*.json")) if p.is_dir() else [p]
-    out = []
-    for p in paths:
-        if isinstance(p, dict):
-            out.append(p)
-            continue
-        try:
-            d = json.loads(Path(p).read_text())
-        except (OSError, ValueError) as exc:
-            raise DataError(f"cannot read result file {p}: {exc}") from None
-        if not isinstance(d, dict) or d.get("format") not in RESULT_FORMATS:
-            raise DataError(f"{p} is not a seqdigits result (format {RESULT_FORMAT!r})")
-        out.append(d)
-    return out
+    return load_result_files(paths, RESULT_FORMATS, f"a seqdigits result (format {RESULT_FORMAT!r})")
 
 
 DIVERGENCE_FACTOR = 3.0
@@ -1097,22 +1076,3 @@ def _check_positive(name: str, value) -> float:
     return v
 
 
-def _jsonable(obj):
-    """``obj`` with NumPy/torch scalars turned into Python numbers (non-finite floats become ``None``)."""
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, torch.Tensor) and obj.numel() == 1:
-        obj = obj.item()
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, bool) or obj is None or isinstance(obj, (int, str)):
-        return obj
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    return str(obj)
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
