@@ -43,11 +43,14 @@ def gaussian_nodes(mu: float, q: float, d: float) -> tuple[np.ndarray, np.ndarra
     return mu + s * xi, w
 
 
-def _groups(factors, fields):
-    """Union-find of factors by shared fields: list of (expr, field set) with independent field sets."""
+def _groups(factors, fields, base_of=None):
+    """Union-find of factors by shared fields: list of (expr, field set) with independent field sets. ``base_of``
+    (optional) maps symbols to the field they belong to (e.g. both copies' symbols of one field), else the fields
+    are the symbols in ``fields``."""
     groups = []
     for f in factors:
-        fs = f.free_symbols & fields
+        fs = ({base_of[s] for s in f.free_symbols if s in base_of} if base_of is not None
+              else f.free_symbols & fields)
         merged, rest = [f], []
         for g, gs in groups:
             if gs & fs:

@@ -61,6 +61,7 @@ from scipy.optimize import brentq
 
 from ..errors import ConvergenceError, DomainError, MftrnnError
 from .numeric import NUMPY_MODULES, strip_half_width
+from .field_integrals import _groups
 from .quadrature import TOL, _rule, _windows, nodes_for
 
 __all__ = ["PairIntegral", "pair_field_moments", "covariance_map", "closed_correlation", "law_correlation",
@@ -231,17 +232,7 @@ class _PairGroup:
 
 def _union_groups(factors, base_of):
     """Group factors by shared base fields (either copy): [(product, sorted base fields)]."""
-    groups = []
-    for fac in factors:
-        fs = {base_of[s] for s in fac.free_symbols if s in base_of}
-        merged, rest = [fac], []
-        for g, gs in groups:
-            if gs & fs:
-                merged.append(g)
-                fs = fs | gs
-            else:
-                rest.append((g, gs))
-        groups = rest + [(sp.Mul(*merged), fs)]
+    groups = _groups(factors, None, base_of)
     return [(g, sorted(gs, key=sp.default_sort_key)) for g, gs in groups]
 
 
