@@ -200,6 +200,25 @@ BAD = {
         ["lm", "minimal", "--match-params", "elman", "--out", "{tmp}/r.json"],
         ["lm", "minimal", "--bogus"],
     ],
+    "sweep": [
+        ["sweep"],
+        ["sweep", "--preset", "huge", "--out", "{tmp}/t.sqlite"],
+        ["sweep", "--preset", "tiny"],
+        ["sweep", "--preset", "tiny", "--out", "{tmp}/t.csv"],
+        ["sweep", "--preset", "tiny", "--out", "/nonexistent/t.sqlite"],
+        ["sweep", "--preset", "tiny", "--out", "{tmp}/t.sqlite", "--workers", "0"],
+        ["sweep", "--preset", "tiny", "--out", "{tmp}/t.sqlite", "--workers", "two"],
+        ["sweep", "--preset", "tiny", "--out", "{tmp}/t.sqlite", "--threads", "0"],
+        ["sweep", "--preset", "tiny", "--out", "{tmp}/t.sqlite", "--diagrams", "lstm-forget"],
+        ["sweep", "--preset", "tiny", "--out", "{tmp}/t.sqlite", "--diagrams", "vanilla-gaussian,vanilla-gaussian"],
+        ["sweep", "--preset", "tiny", "--out", "{tmp}/t.sqlite", "--seeds", "a,b"],
+        ["sweep", "--preset", "tiny", "--out", "{tmp}/t.sqlite", "--steps", "0"],
+        ["sweep", "--preset", "tiny", "--out", "{tmp}/t.sqlite", "--device", "tpu"],
+        ["sweep", "--plot", "{tmp}/missing.sqlite", "--figure", "{tmp}/f.png"],
+        ["sweep", "--plot", "{file}", "--figure", "{tmp}/f.png"],
+        ["sweep", "--summary", "{tmp}/missing.sqlite"],
+        ["sweep", "--preset", "tiny", "--out", "{tmp}/t.sqlite", "--bogus"],
+    ],
     "top": [
         [],
         ["nonsense"],
@@ -287,6 +306,8 @@ def no_training(monkeypatch):
     from mftrnn.experiments import longseq
     for name in ("train", "run_sweep", "step_seconds"):
         monkeypatch.setattr(longseq, name, _stop)
+    from mftrnn.experiments import sweep
+    monkeypatch.setattr(sweep, "run_sweep", _stop)
     monkeypatch.delenv("MFTRNN_DEBUG", raising=False)
 
 

@@ -160,6 +160,8 @@ def _build_parser(full_lm: bool = False) -> argparse.ArgumentParser:
     _add_lm_parser(sub, full_lm)
     from .longseq import add_parser as _add_longseq_parser
     _add_longseq_parser(sub)
+    from .sweep import add_parser as _add_sweep_parser
+    _add_sweep_parser(sub)
     _accept_negative_numbers(parser)
     return parser
 
@@ -918,6 +920,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "longseq":
             from .longseq import cmd_longseq
             return cmd_longseq(args, argv_list)
+        if args.command == "sweep":
+            from .sweep import cmd_sweep
+            return cmd_sweep(args, argv_list)
         if args.command == "critical":
             return cmd_critical(args)
         if args.command == "spectrum":
