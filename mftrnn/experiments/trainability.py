@@ -87,7 +87,7 @@ PRESETS: dict[str, dict] = {
                  values={"vanilla-orthogonal": (0.8, 1.6), "vanilla-gaussian": (0.8, 1.6),
                          "minimal-mu_b": (0.0, 4.0), "minimal-sigma_w": (0.5, 2.0)}),
     "cpu": dict(train=dict(dataset="sklearn", hidden=32, steps=500, batch_size=32, lr=3e-3, clip=1.0,
-                           eval_every=50, n_test=450),
+                           eval_every=50, n_test=449),
                 T=_log_lengths(10, 500, 10), seeds=(0, 1),
                 values={"vanilla-orthogonal": (0.4, 0.7, 0.9, 1.0, 1.1, 1.3, 1.7, 2.5),
                         "vanilla-gaussian": (0.4, 0.7, 0.9, 1.0, 1.1, 1.3, 1.7, 2.5),
