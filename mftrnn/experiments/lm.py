@@ -66,12 +66,21 @@ with :class:`mftrnn.ConvergenceError`; the last good checkpoint is kept.  The re
 configuration, parameter counts, per-epoch train/valid perplexity, the test perplexity and the provenance
 (command line, git commit and dirty flag, device, torch version, UTC dates, wall time).
 
+Data parallelism (:mod:`mftrnn.experiments.parallel`): launched as ``torchrun --nproc-per-node K -m mftrnn lm ...``,
+a run trains one replica per process with :class:`torch.nn.parallel.DistributedDataParallel` (gloo on the CPU,
+NCCL on GPUs): each process holds ``batch_size / K`` of the batch's token streams, the averaged gradient is that of
+the whole batch, so every step equals the single-process step up to floating-point order
+(``tests/test_lm_distributed.py``); rank 0 alone writes checkpoints (with the whole batch's carried state) and the
+result, and a run resumes from its checkpoint with any number of processes (with dropout, only with the same
+number: each process has its own dropout stream).
+
 Command line: ``mftrnn lm CELL --preset small --corpus ptb --out result.json`` (see ``mftrnn lm --help``).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -93,6 +102,7 @@ from .._validate import float_argument
 from .harness import (CheckpointEvery, RunLock, check_output, checkpoint_cadence, load_checkpoint,
                       parse_checkpoint_every, provenance, resolve_device, save_checkpoint, utc_now, write_json_atomic)
 from .data import SPLITS, Corpus, batchify, bptt_batches, build_vocab, load_corpus, tokenize
+from . import parallel
 from ..nets.registry import LiveNames, sequence_cells, sequence_implementation, sequence_module, zero_state
 
 __all__ = [
@@ -686,11 +696,14 @@ class _Run:
         self.sessions = 0
         self.started_utc: str | None = None
 
-    def checkpoint(self, config: LMConfig, model: nn.Module, optimizer, dev: torch.device, corpus_info: dict):
+    def checkpoint(self, config: LMConfig, model: nn.Module, optimizer, dev: torch.device, corpus_info: dict,
+                   hidden=None):
+        """The checkpoint dict; ``hidden``: the carried state of the whole batch (default ``self.hidden``; with
+        several processes the caller gathers it)."""
         return dict(format=CHECKPOINT_FORMAT, config=config.to_dict(), corpus=corpus_info,
                     model=_cpu_tree(model.state_dict()), optimizer=_cpu_tree(optimizer.state_dict()),
                     rng=_cpu_tree(_rng_state(dev)), epoch=self.epoch, batch=self.batch, lr=self.lr,
-                    hidden=_cpu_tree(self.hidden), loss_sum=self.loss_sum, token_count=self.token_count,
+                    hidden=_cpu_tree(self.hidden if hidden is None else hidden), loss_sum=self.loss_sum, token_count=self.token_count,
                     train_seconds=self.train_seconds, history=self.history, curve=self.curve,
                     window_sum=self.window_sum, window_count=self.window_count, tokens_seen=self.tokens_seen,
                     best_valid_loss=self.best_valid_loss, best_epoch=self.best_epoch, best_state=self.best_state,
@@ -811,19 +824,28 @@ def train(config: LMConfig, corpus: Corpus | None = None, out: str | os.PathLike
         raise MftrnnError(f"curve_every must be an integer >= 1, got {curve_every!r}")
     cadence = checkpoint_cadence(checkpoint_every, checkpoint_every_s)
     dev = resolve_device(device)
+    rank, world = parallel.init(dev)
+    if world > 1 and config.batch_size % world:
+        raise MftrnnError(f"batch size {config.batch_size} is not divisible by the {world} processes "
+                          f"(--batch-size, torchrun --nproc-per-node)")
+    if rank != 0:
+        log, progress = None, False
     out_path = check_output(out, "result file", "--out") if out is not None else None
     ck_path = Path(checkpoint) if checkpoint is not None else (
         out_path.with_name(out_path.name + ".ckpt") if out_path is not None else None)
     if ck_path is not None:
         check_output(ck_path, "checkpoint", "--checkpoint", create_folder=checkpoint is not None)
-    with RunLock([out_path, ck_path], output=out_path if out_path is not None else ck_path, command=command):
+    lock = (RunLock([out_path, ck_path], output=out_path if out_path is not None else ck_path, command=command)
+            if rank == 0 else contextlib.nullcontext())  # rank 0 alone writes (and locks) the run's files
+    with lock:
         return _train(config, corpus, out_path, ck_path, cadence, dev, data_dir,
-                      progress, log, command, keep_checkpoint, overwrite, on_batch, curve_every)
+                      progress, log, command, keep_checkpoint, overwrite, on_batch, curve_every, rank, world)
 
 
 def _train(config, corpus, out_path, ck_path, cadence, dev, data_dir, progress, log,
-           command, keep_checkpoint, overwrite, on_batch, curve_every) -> dict:
-    """The body of :func:`train`, under the output lock."""
+           command, keep_checkpoint, overwrite, on_batch, curve_every, rank=0, world=1) -> dict:
+    """The body of :func:`train`, under the output lock (``rank`` of ``world`` processes:
+    :mod:`mftrnn.experiments.parallel`)."""
     say = log or (lambda s: None)
 
     if corpus is None:
@@ -857,6 +879,11 @@ def _train(config, corpus, out_path, ck_path, cadence, dev, data_dir, progress, 
                                        f"--overwrite retries from the last good checkpoint]")
 
     model = build_model(config, V).to(dev)
+    net = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+        torch.manual_seed(config.seed + 1_000_003 * rank)  # each replica its own dropout masks
+        net = DistributedDataParallel(model, device_ids=[dev.index or 0] if dev.type == "cuda" else None)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr)
     run = _Run(learning_rate(config, 0))
     resumed = False
@@ -878,6 +905,14 @@ def _train(config, corpus, out_path, ck_path, cadence, dev, data_dir, progress, 
             run.restore(ck, model, optimizer, dev)
         except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as exc:
             raise damaged(f"it does not fit the model: {' '.join(str(exc).split())[:200]}") from None
+        ranks = ck.get("rng_ranks")
+        if world > 1 and isinstance(ranks, list) and len(ranks) == world:
+            _set_rng_state(ranks[rank], dev)
+        elif (world > 1 or ranks is not None) and config.dropout > 0:
+            raise MftrnnError(f"checkpoint {ck_path} was written by {len(ranks) if ranks else 1} process(es); "
+                              f"with dropout the run resumes exactly only with as many (torchrun "
+                              f"--nproc-per-node), not {world}")
+        run.hidden = parallel.split_columns(run.hidden, rank, world)
         resumed = True
         say(f"resuming from {ck_path} at epoch {run.epoch + 1}, batch {run.batch}")
     run.sessions += 1
@@ -891,30 +926,42 @@ def _train(config, corpus, out_path, ck_path, cadence, dev, data_dir, progress, 
     if actual != params["total"]:  # the formula documents the model; they must agree
         raise MftrnnError(f"internal error: parameter count {actual} != formula {params['total']}")
 
-    train_data = batchify(corpus.train, config.batch_size).to(dev)
+    train_data = parallel.split_columns(batchify(corpus.train, config.batch_size), rank, world).to(dev)
     valid_data = batchify(corpus.valid, config.eval_batch_size).to(dev)
     test_data = batchify(corpus.test, config.eval_batch_size).to(dev)
     saved = (run.epoch, run.batch) if resumed else None
     last_save = [time.perf_counter()]
 
     def save() -> None:
+        """Write a checkpoint (a collective with several processes: rank 0 writes the gathered state)."""
         nonlocal saved
         if ck_path is None:
             return
-        run.wall_seconds = wall_before + (time.perf_counter() - session_start)
-        save_checkpoint(ck_path, run.checkpoint(config, model, optimizer, dev, corpus_info))
+        full_hidden = parallel.gather_columns(run.hidden, world)
+        rngs = parallel.gather_objects(_cpu_tree(_rng_state(dev)), world) if world > 1 else None
+        if rank == 0:
+            run.wall_seconds = wall_before + (time.perf_counter() - session_start)
+            state = run.checkpoint(config, model, optimizer, dev, corpus_info, hidden=full_hidden)
+            if world > 1:
+                state.update(rng_ranks=rngs, world_size=world)
+            save_checkpoint(ck_path, state)
+        if world > 1:
+            import torch.distributed as dist
+            dist.barrier()  # the checkpoint is complete before any rank goes on
         saved = (run.epoch, run.batch)
         last_save[0] = time.perf_counter()
 
     def checkpoint_due(batch: int) -> bool:
-        """Whether to checkpoint after ``batch`` batches of the epoch (not at its end: the epoch's own save)."""
-        return batch < n_batches and cadence.due(batch, time.perf_counter() - last_save[0])
+        """Whether to checkpoint after ``batch`` batches of the epoch (not at its end: the epoch's own save);
+        rank 0 decides for all (the wall-time cadence differs between processes)."""
+        return parallel.agree(batch < n_batches and cadence.due(batch, time.perf_counter() - last_save[0]),
+                              world, dev)
 
     def result(status: str) -> dict:
         run.wall_seconds = wall_before + (time.perf_counter() - session_start)
         prov = provenance(dev, command)
         prov.update(date_utc_start=run.started_utc, date_utc_end=prov.pop("date_utc"),
-                    wall_time_s=round(run.wall_seconds, 1), sessions=run.sessions)
+                    wall_time_s=round(run.wall_seconds, 1), sessions=run.sessions, processes=world)
         res = dict(format=RESULT_FORMAT, status=status, config=config.to_dict(), corpus=corpus_info,
                    parameters=params, history=run.history, curve=run.curve, curve_every=curve_every,
                    best_epoch=run.best_epoch,
@@ -922,25 +969,29 @@ def _train(config, corpus, out_path, ck_path, cadence, dev, data_dir, progress, 
                    test_loss=None, test_ppl=None, provenance=prov)
         return res
 
+    writes = out_path if rank == 0 else None
     try:
         res = _train_loop(config, model, optimizer, run, dev, corpus, train_data, valid_data, test_data,
                           n_batches, save, result, ck_path, lambda: saved, progress, say, on_batch,
-                          checkpoint_due, curve_every, params, out_path)
+                          checkpoint_due, curve_every, params, writes, net, world)
     except ConvergenceError as exc:
-        if out_path is not None:
+        if writes is not None:
             failed = result("diverged")
             failed["error"] = str(exc)
-            write_json_atomic(out_path, failed)
+            write_json_atomic(writes, failed)
         raise
-    if ck_path is not None and ck_path.exists() and not keep_checkpoint:
+    if rank == 0 and ck_path is not None and ck_path.exists() and not keep_checkpoint:
         ck_path.unlink()
     return res
 
 
 def _train_loop(config, model, optimizer, run, dev, corpus, train_data, valid_data, test_data, n_batches, save,
                 result, ck_path, saved_at, progress, say, on_batch, checkpoint_due, curve_every, params,
-                out_path) -> dict:
-    """The epochs of :func:`train` (state in ``run``; ``save()`` checkpoints, ``result(status)`` reports)."""
+                out_path, net=None, world=1) -> dict:
+    """The epochs of :func:`train` (state in ``run``; ``save()`` checkpoints, ``result(status)`` reports).
+    ``net``: the module that trains (``model`` itself, or its DistributedDataParallel wrapper with ``world``
+    processes, each holding ``batch_size / world`` columns of ``train_data``)."""
+    net = model if net is None else net
     from tqdm import tqdm
 
     V = corpus.vocab_size
@@ -950,7 +1001,7 @@ def _train_loop(config, model, optimizer, run, dev, corpus, train_data, valid_da
         e = run.epoch
         for g in optimizer.param_groups:
             g["lr"] = run.lr
-        hidden = run.hidden if run.hidden is not None else model.init_hidden(config.batch_size)
+        hidden = run.hidden if run.hidden is not None else model.init_hidden(config.batch_size // world)
         bar = tqdm(total=n_batches, initial=run.batch, desc=f"{config.cell} epoch {e + 1}/{config.epochs}",
                    unit="batch", disable=not progress, leave=False, mininterval=1.0, dynamic_ncols=True)
         t0 = time.perf_counter()
@@ -962,9 +1013,9 @@ def _train_loop(config, model, optimizer, run, dev, corpus, train_data, valid_da
                 if b < run.batch:
                     continue
                 hidden = _detach(hidden)
-                logits, hidden = model(inputs, hidden)
+                logits, hidden = net(inputs, hidden)
                 loss = F.cross_entropy(logits.reshape(-1, V), targets.reshape(-1))
-                value = loss.detach().item()
+                value = parallel.mean_scalar(loss.detach().item(), world, dev)  # the whole batch's mean
                 if not math.isfinite(value) or value > max_loss:
                     what = "loss" if not math.isfinite(value) else f"loss (> {config.divergence_factor:g} ln V)"
                     raise _diverged(what, value, run, e, b, ck_path, saved_at())
@@ -978,11 +1029,12 @@ def _train_loop(config, model, optimizer, run, dev, corpus, train_data, valid_da
                 if not math.isfinite(norm):
                     raise _diverged("gradient norm", norm, run, e, b, ck_path, saved_at())
                 optimizer.step()
-                run.loss_sum += value * targets.numel()
-                run.token_count += targets.numel()
-                run.tokens_seen += targets.numel()
-                run.window_sum += value * targets.numel()
-                run.window_count += targets.numel()
+                n_tokens = targets.numel() * world
+                run.loss_sum += value * n_tokens
+                run.token_count += n_tokens
+                run.tokens_seen += n_tokens
+                run.window_sum += value * n_tokens
+                run.window_count += n_tokens
                 if (b + 1) % curve_every == 0 or b + 1 == n_batches:
                     run.curve.append(dict(epoch=e + 1, batch=b + 1, tokens=run.tokens_seen,
                                           train_loss=run.window_sum / run.window_count))
@@ -1164,7 +1216,11 @@ def run_cli(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
         check_output(args.checkpoint, "checkpoint", "--checkpoint", create_folder=True)
     lock_paths = [args.out, args.checkpoint if args.checkpoint is not None else (
         args.out + ".ckpt" if args.out is not None else None)]
-    with RunLock(lock_paths if args.out is not None else [], output=args.out, command=command):
+    rank, world = parallel.env_world()  # torchrun: rank 0 alone locks, writes and prints
+    lock = (RunLock(lock_paths if args.out is not None else [], output=args.out, command=command) if rank == 0
+            else contextlib.nullcontext())
+    say = (lambda s: print(s, flush=True)) if rank == 0 else None
+    with lock:
         cache: dict = {}
 
         def get_corpus(cfg: LMConfig) -> Corpus:
@@ -1179,11 +1235,17 @@ def run_cli(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
         out = args.out or f"lm-{cfg.corpus}-{cfg.preset}-{cfg.cell}-h{cfg.hidden_size}.json"
         params = count_parameters(cfg.cell, cfg.hidden_size, corpus.vocab_size, cfg.num_layers, cfg.emb_size,
                                   cfg.tie_weights)
-        print(f"{cfg.cell} {cfg.num_layers}x{cfg.hidden_size} on {corpus!r}: {params['total']:,} parameters "
-              f"({params['recurrent']:,} recurrent); {torch.get_num_threads()} thread(s), device {args.device}; "
-              f"checkpoint every {every} and after every epoch", flush=True)
-        train(cfg, corpus=corpus, out=out, checkpoint=args.checkpoint, checkpoint_every=every.steps,
-              checkpoint_every_s=every.seconds, device=args.device, progress=not args.no_progress,
-              command=command, keep_checkpoint=args.keep_checkpoint, overwrite=args.overwrite,
-              log=lambda s: print(s, flush=True))
+        if say:
+            say(f"{cfg.cell} {cfg.num_layers}x{cfg.hidden_size} on {corpus!r}: {params['total']:,} parameters "
+                f"({params['recurrent']:,} recurrent); {torch.get_num_threads()} thread(s), device {args.device}"
+                + (f", {world} processes" if world > 1 else "") + f"; checkpoint every {every} and after every epoch")
+        try:
+            train(cfg, corpus=corpus, out=out, checkpoint=args.checkpoint, checkpoint_every=every.steps,
+                  checkpoint_every_s=every.seconds, device=args.device, progress=not args.no_progress,
+                  command=command, keep_checkpoint=args.keep_checkpoint, overwrite=args.overwrite, log=say)
+        finally:
+            if world > 1:
+                import torch.distributed as dist
+                if dist.is_initialized():
+                    dist.destroy_process_group()
     return 0
