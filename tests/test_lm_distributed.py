@@ -83,3 +83,55 @@ def test_two_processes_step_like_one(tmp_path):
     assert r2["history"][0]["train_tokens"] == r1["history"][0]["train_tokens"]
     assert r2["test_ppl"] == pytest.approx(r1["test_ppl"], rel=1e-5)
     assert not list(two.glob("*.ckpt"))  # rank 0 removed the finished run's checkpoint
+
+
+CRASH = textwrap.dedent('''
+    import sys, torch
+    from mftrnn.experiments import lm
+    out_dir, crash = sys.argv[1], sys.argv[2] == "crash"
+    built = []
+    original = lm.build_model
+    def build(config, V):
+        m = original(config, V)
+        built.append(m)
+        return m
+    lm.build_model = build
+    def on_batch(epoch, batch, loss):
+        if crash and batch == 1:
+            raise SystemExit(3)  # after the checkpoint of batch 2, on every rank
+    cfg = lm.preset("tiny", "lstm", max_batches=4, epochs=1)
+    lm.train(cfg, out=out_dir + "/r.json", progress=False, log=None, on_batch=on_batch, checkpoint_every=1,
+             keep_checkpoint=True)
+    torch.save({k: v.detach().clone() for k, v in built[0].state_dict().items()}, out_dir + "/final.pt")
+''')
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch built without distributed")
+def test_checkpoint_of_two_processes_resumes_in_one(tmp_path):
+    """A two-process run stopped after its second batch resumes in one process from rank 0's checkpoint (the
+    carried state of the whole batch) and ends where an uninterrupted single-process run ends."""
+    script = tmp_path / "crash.py"
+    script.write_text(CRASH)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), MASTER_ADDR="127.0.0.1")
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    ref.mkdir()
+    run.mkdir()
+    _run([sys.executable, str(script), str(ref), "no"], tmp_path, env)
+    crashed = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                              "--master-addr", "127.0.0.1", "--master-port", str(_free_port()), str(script),
+                              str(run), "crash"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert crashed.returncode != 0 and (run / "r.json.ckpt").exists()
+    ck = torch.load(run / "r.json.ckpt", weights_only=False)
+    assert (ck["epoch"], ck["batch"], ck["world_size"]) == (0, 2, 2)
+    assert ck["hidden"][0].shape[1] == lm_batch_size()  # the whole batch's state, gathered by rank 0
+    _run([sys.executable, str(script), str(run), "no"], tmp_path, env)
+    a, b = torch.load(ref / "final.pt"), torch.load(run / "final.pt")
+    for k in a:
+        assert float((a[k] - b[k]).abs().max()) < 2e-6, k
+    res = json.loads((run / "r.json").read_text())
+    assert res["provenance"]["sessions"] == 2
+
+
+def lm_batch_size() -> int:
+    from mftrnn.experiments import lm
+    return lm.PRESETS["tiny"]["batch_size"]
