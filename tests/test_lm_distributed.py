@@ -21,9 +21,9 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 
 SCRIPT = textwrap.dedent('''
-    import sys, torch
+    import os, sys, torch
     from mftrnn.experiments import lm
-    out_dir = sys.argv[1]
+    out_dir, mode = sys.argv[1], sys.argv[2]  # mode: steps (snapshots after every step), crash, or resume
     built = []
     original = lm.build_model
     def build(config, V):
@@ -34,11 +34,14 @@ SCRIPT = textwrap.dedent('''
     snaps = []
     def on_batch(epoch, batch, loss):
         snaps.append({k: v.detach().clone() for k, v in built[0].state_dict().items()})
+        if mode == "crash" and batch == 1:
+            raise SystemExit(3)  # after the checkpoint of batch 2, on every rank
     cfg = lm.preset("tiny", "lstm", max_batches=4, epochs=1)
-    res = lm.train(cfg, out=out_dir + "/r.json", progress=False, log=None, on_batch=on_batch,
-                   checkpoint_every=2)
-    rank = int(__import__("os").environ.get("RANK", 0))
+    lm.train(cfg, out=out_dir + "/r.json", progress=False, log=None, on_batch=on_batch,
+             checkpoint_every=2 if mode == "steps" else 1, keep_checkpoint=mode != "steps")
+    rank = int(os.environ.get("RANK", 0))
     torch.save(snaps, f"{out_dir}/snaps-{rank}.pt")
+    torch.save({k: v.detach().clone() for k, v in built[0].state_dict().items()}, out_dir + "/final.pt")
 ''')
 
 
@@ -62,9 +65,9 @@ def test_two_processes_step_like_one(tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     one.mkdir()
     two.mkdir()
-    _run([sys.executable, str(script), str(one)], tmp_path, env)
+    _run([sys.executable, str(script), str(one), "steps"], tmp_path, env)
     _run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-          "--master-port", str(_free_port()), str(script), str(two)], tmp_path, env)
+          "--master-port", str(_free_port()), str(script), str(two), "steps"], tmp_path, env)
     ref = torch.load(one / "snaps-0.pt")
     assert len(ref) == 4
     for rank in (0, 1):
@@ -85,38 +88,17 @@ def test_two_processes_step_like_one(tmp_path):
     assert not list(two.glob("*.ckpt"))  # rank 0 removed the finished run's checkpoint
 
 
-CRASH = textwrap.dedent('''
-    import sys, torch
-    from mftrnn.experiments import lm
-    out_dir, crash = sys.argv[1], sys.argv[2] == "crash"
-    built = []
-    original = lm.build_model
-    def build(config, V):
-        m = original(config, V)
-        built.append(m)
-        return m
-    lm.build_model = build
-    def on_batch(epoch, batch, loss):
-        if crash and batch == 1:
-            raise SystemExit(3)  # after the checkpoint of batch 2, on every rank
-    cfg = lm.preset("tiny", "lstm", max_batches=4, epochs=1)
-    lm.train(cfg, out=out_dir + "/r.json", progress=False, log=None, on_batch=on_batch, checkpoint_every=1,
-             keep_checkpoint=True)
-    torch.save({k: v.detach().clone() for k, v in built[0].state_dict().items()}, out_dir + "/final.pt")
-''')
-
-
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch built without distributed")
 def test_checkpoint_of_two_processes_resumes_in_one(tmp_path):
     """A two-process run stopped after its second batch resumes in one process from rank 0's checkpoint (the
     carried state of the whole batch) and ends where an uninterrupted single-process run ends."""
-    script = tmp_path / "crash.py"
-    script.write_text(CRASH)
+    script = tmp_path / "train.py"
+    script.write_text(SCRIPT)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), MASTER_ADDR="127.0.0.1")
     ref, run = tmp_path / "ref", tmp_path / "run"
     ref.mkdir()
     run.mkdir()
-    _run([sys.executable, str(script), str(ref), "no"], tmp_path, env)
+    _run([sys.executable, str(script), str(ref), "resume"], tmp_path, env)
     crashed = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
                               "--master-addr", "127.0.0.1", "--master-port", str(_free_port()), str(script),
                               str(run), "crash"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
@@ -124,7 +106,7 @@ def test_checkpoint_of_two_processes_resumes_in_one(tmp_path):
     ck = torch.load(run / "r.json.ckpt", weights_only=False)
     assert (ck["epoch"], ck["batch"], ck["world_size"]) == (0, 2, 2)
     assert ck["hidden"][0].shape[1] == lm_batch_size()  # the whole batch's state, gathered by rank 0
-    _run([sys.executable, str(script), str(run), "no"], tmp_path, env)
+    _run([sys.executable, str(script), str(run), "resume"], tmp_path, env)
     a, b = torch.load(ref / "final.pt"), torch.load(run / "final.pt")
     for k in a:
         assert float((a[k] - b[k]).abs().max()) < 2e-6, k

@@ -166,6 +166,21 @@ def _build_parser(full_lm: bool = False) -> argparse.ArgumentParser:
     return parser
 
 
+def comma_list(text: str | None, option: str, cast=str) -> tuple | None:
+    """The distinct comma-separated values of an option (``None`` if not given), cast by ``cast``; a
+    :class:`CliError` naming ``option`` otherwise."""
+    if text is None:
+        return None
+    try:
+        items = tuple(cast(s.strip()) for s in text.split(","))
+    except ValueError:
+        raise CliError(f"{option} {text!r}: expected comma-separated {'integers' if cast is int else 'names'}") \
+            from None
+    if not items or any(s == "" for s in items) or len(set(items)) != len(items):
+        raise CliError(f"{option} {text!r}: expected distinct comma-separated values")
+    return items
+
+
 def _version() -> str:
     try:
         import mftrnn

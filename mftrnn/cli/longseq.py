@@ -19,7 +19,7 @@ import os
 import shlex
 from typing import Sequence
 
-from .app import CliError
+from .app import CliError, comma_list as _list
 
 __all__ = ["add_parser", "cmd_longseq"]
 
@@ -84,19 +84,6 @@ def _number(kind):
                 from None
     parse.__name__ = kind.__name__
     return parse
-
-
-def _list(text: str | None, option: str, cast=str) -> tuple | None:
-    if text is None:
-        return None
-    try:
-        items = tuple(cast(s.strip()) for s in text.split(","))
-    except ValueError:
-        raise CliError(f"{option} {text!r}: expected comma-separated {'integers' if cast is int else 'names'}") \
-            from None
-    if not items or any(s == "" for s in items) or len(set(items)) != len(items):
-        raise CliError(f"{option} {text!r}: expected distinct comma-separated values")
-    return items
 
 
 def cmd_longseq(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:

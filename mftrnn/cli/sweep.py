@@ -19,7 +19,7 @@ import shlex
 import sys
 from typing import Sequence
 
-from .app import CliError
+from .app import CliError, comma_list as _list
 
 __all__ = ["add_parser", "cmd_sweep"]
 
@@ -56,19 +56,6 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--summary", default=None, metavar="FILE.sqlite",
                    help="print, per diagram, how well T = k xi separates trained from untrained runs")
     return p
-
-
-def _list(text, option, cast=str):
-    if text is None:
-        return None
-    try:
-        items = tuple(cast(s.strip()) for s in text.split(","))
-    except ValueError:
-        raise CliError(f"{option} {text!r}: expected comma-separated {'integers' if cast is int else 'names'}") \
-            from None
-    if not items or any(s == "" for s in items) or len(set(items)) != len(items):
-        raise CliError(f"{option} {text!r}: expected distinct comma-separated values")
-    return items
 
 
 def _rows(path):
