@@ -155,7 +155,7 @@ def test_table_lock_and_bad_input(tmp_path):
 
 
 def _rows(rule, xi=(2.0, 5.0, 20.0, 100.0), T=(10, 30, 100, 300)):
-    return [dict(diagram="vanilla-orthogonal", status="finished", value=x, T=t, xi=x,
+    return [dict(diagram="vanilla-orthogonal", status="finished", value=x, T=t, xi=x, chi_blank=math.exp(-1 / x),
                  best_accuracy=0.9 if rule(t, x) else 0.1) for x in xi for t in T]
 
 
@@ -173,6 +173,11 @@ def test_separation_recovers_the_rule():
     assert s0["k"] == 0.1 and s0["fraction"] == 15 / 16 and s0["n_trained"] == 0
     with pytest.raises(DomainError, match="no finished runs"):
         tr.separation(rows, "minimal-mu_b")
+    # chi = 1 (stored xi null) is an infinite timescale: always predicted trainable; no chi: left out
+    edge = _rows(lambda t, x: True, xi=(5.0,)) + [dict(rows[0], chi_blank=1.0, xi=None, T=10 ** 6, best_accuracy=0.9),
+                                                 dict(rows[0], chi_blank=None, xi=None, best_accuracy=0.1)]
+    s1 = tr.separation(edge, "vanilla-orthogonal")
+    assert s1["n"] == 5 and s1["fraction"] == 1.0
 
 
 def test_theory_xi_is_the_blank_phase_timescale():

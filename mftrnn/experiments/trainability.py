@@ -217,13 +217,14 @@ def separation(rows, diagram: str, ks=None) -> dict:
     """How well :math:`T = k\\xi` separates trained from untrained runs of ``diagram`` (``rows``: the table's rows).
 
     Returns ``k`` (the best factor on a log grid from 0.1 to 1000, the smallest on ties), ``fraction`` (runs
-    classified correctly at that ``k``), ``fraction_k1`` (at :math:`k = 1`), ``n`` runs and ``n_trained``."""
-    rs = _finished(rows, diagram)
+    classified correctly at that ``k``), ``fraction_k1`` (at :math:`k = 1`), ``n`` runs and ``n_trained``; runs
+    without a blank-phase :math:`\\chi` (a failed fixed point) are left out."""
+    rs = [r for r in _finished(rows, diagram) if r.get("chi_blank") is not None]  # no chi: no prediction
     if not rs:
         raise DomainError(f"no finished runs of diagram {diagram!r} in the table")
     ks = np.geomspace(0.1, 1000.0, 401) if ks is None else np.asarray(ks, float)
     T = np.array([r["T"] for r in rs], float)
-    xi = np.array([math.inf if r["xi"] is None else r["xi"] for r in rs], float)
+    xi = np.array([_xi(r["chi_blank"]) for r in rs], float)  # from chi: the table stores xi = inf as null
     trained = np.array([r["best_accuracy"] >= TRAINED_ACCURACY for r in rs])
     frac = np.array([np.mean((T <= k * xi) == trained) for k in ks])
     i = int(np.argmax(frac))
