@@ -163,7 +163,7 @@ def _hyperparameters(fp: FixedPoint, cell: GatedCell) -> dict:
             for g in cell.gates}
 
 
-def _carried_sampler(st, mom, js: JacobianStructure):
+def _carried_sampler(st, mom, js: JacobianStructure, nodes: int | None = None):
     r"""A function ``u -> samples`` of the carried state from uniforms ``u`` in (0, 1).
 
     Law cells: inversion of the distribution function of the stationary law (density by Fourier inversion of its
@@ -171,7 +171,8 @@ def _carried_sampler(st, mom, js: JacobianStructure):
     in a bounded interval, and its tails beyond 14 standard deviations carry less than the sampling error).
     Closed cells: the Gauss rule with ``n`` nodes from the exact moments :math:`m_k = \sum_{j<k}\binom kj
     \mathbb E[A^jB^{k-j}]m_j/(1-\mathbb E[A^k])` of :math:`s_t = As_{t-1}+B`, exact for the polynomial coefficients
-    (degree up to ``2n - 1`` in :math:`s`), sampled by inverting its step distribution function."""
+    (degree up to ``2n - 1`` in :math:`s`; ``nodes`` gives ``n`` instead, e.g. for a density, which needs the law
+    rather than a few moments), sampled by inverting its step distribution function."""
     if st.kind == "law":
         law, _ = stationary_law(st, mom)
         sd = math.sqrt(max(law.m2 - law.m1 ** 2, 0.0))
@@ -187,7 +188,7 @@ def _carried_sampler(st, mom, js: JacobianStructure):
         return lambda u: np.interp(u, cdf, x)
     degree = max([sp.Poly(v, js.carried).degree() for m in (js.e, *js.l.values()) for v in m
                   if v.has(js.carried)] or [0])
-    n = max(2, 2 * degree + 1)
+    n = max(2, 2 * degree + 1) if nodes is None else int(nodes)
     EA = [_E(st.A ** j, st, mom) for j in range(2 * n + 1)]
     m = [1.0]
     for k in range(1, 2 * n + 1):
