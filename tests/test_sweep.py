@@ -39,6 +39,7 @@ def test_sweep_runs_stores_and_skips(tmp_path):
     with ResultsTable(table) as tab:
         rows = tab.rows()
     assert len(rows) == 8 and all(r["status"] == "finished" for r in rows)
+    assert all(r["run_status"] in ("finished", "diverged") for r in rows)
     for r in rows:
         res = load_results([tr.runs_folder(table) / r["result_file"]])[0]
         # the table's numbers are the run file's numbers
@@ -189,3 +190,20 @@ def test_theory_xi_is_the_blank_phase_timescale():
     # the minimalRNN's gate at zero input: chi = sigmoid(mu_b)^2, independent of sigma_w
     s = 1 / (1 + math.exp(-4.0))
     assert tr.theory_xi("minimal-sigma_w", [0.5, 3.0]) == pytest.approx([1 / abs(math.log(s * s))] * 2, rel=1e-9)
+
+
+def test_table_rows_keep_the_table_status(tmp_path):
+    """A run's own status (a training run that diverged is a finished point of the grid) never shadows the
+    table's; rows are stored and read back exactly, one transaction each."""
+    with ResultsTable(tmp_path / "t.sqlite") as tab:
+        tab.record("a", "finished", {"T": 10}, {"status": "diverged", "best_accuracy": 0.1})
+        tab.record("b", "failed", {"T": 20}, None, "ValueError: boom")
+        tab.record("a", "finished", {"T": 10}, {"status": "finished", "best_accuracy": 0.9})  # replaced
+        rows = {r["key"]: r for r in tab.rows()}
+    assert rows["a"]["status"] == "finished" and rows["a"]["run_status"] == "finished"
+    assert rows["a"]["best_accuracy"] == 0.9 and rows["a"]["T"] == 10
+    assert rows["b"]["status"] == "failed" and rows["b"]["error"] == "ValueError: boom"
+    with ResultsTable(tmp_path / "t.sqlite") as tab:
+        tab.record("c", "finished", {"T": 30}, {"status": "diverged"})
+        assert tab.rows(status="finished")[1]["run_status"] == "diverged"
+        assert tab.finished_keys() == {"a", "c"}

@@ -114,15 +114,19 @@ class ResultsTable:
         return {k for (k,) in self._db.execute("SELECT key FROM runs WHERE status = 'finished'")}
 
     def rows(self, status: str | None = None) -> list[dict]:
-        """Every row as ``{"key", "status", "error", "stored_utc", **params, **result}`` (``status`` filters)."""
+        """Every row as ``{**params, **result, "key", "status", "error", "stored_utc"}`` (``status`` filters; a
+        ``status`` of the result itself is renamed ``run_status``)."""
         q = "SELECT key, status, params, result, error, stored_utc FROM runs"
         args = ()
         if status is not None:
             q, args = q + " WHERE status = ?", (status,)
         out = []
         for key, st, params, result, error, stored in self._db.execute(q + " ORDER BY key", args):
-            out.append({"key": key, "status": st, "error": error, "stored_utc": stored, **json.loads(params),
-                        **(json.loads(result) if result else {})})
+            res = json.loads(result) if result else {}
+            if "status" in res:  # a run's own status (e.g. diverged) must not shadow the table's
+                res["run_status"] = res.pop("status")
+            out.append({**json.loads(params), **res, "key": key, "status": st, "error": error,
+                        "stored_utc": stored})
         return out
 
 

@@ -169,7 +169,7 @@ def _xi(chi) -> float | None:
 
 def train_point(config: dict, out: str, data_dir: str | None = None, checkpoint_every: str = "100steps") -> dict:
     """Train one grid point (:func:`mftrnn.experiments.seqdigits.train`, resuming its checkpoint) and return the
-    table's measurements: ``status`` (finished or diverged), final and best test accuracy, the first evaluated step
+    table's measurements: ``run_status`` (finished or diverged), final and best test accuracy, the first evaluated step
     reaching :data:`TRAINED_ACCURACY`, :math:`\\chi` of the input and blank phases, ``xi`` (blank, :math:`1/|\\ln
     \\chi|`), wall time and provenance (commit, dirty flag, device, date)."""
     from .seqdigits import DigitsConfig, load_results, steps_to_accuracy, train
@@ -184,7 +184,7 @@ def train_point(config: dict, out: str, data_dir: str | None = None, checkpoint_
     curve = r["curve"]
     blank, inp = r["theory"]["blank"], r["theory"]["input"]
     prov = r["provenance"]
-    return dict(status=r["status"], final_accuracy=float(curve[-1]["test_accuracy"]),
+    return dict(run_status=r["status"], final_accuracy=float(curve[-1]["test_accuracy"]),
                 best_accuracy=float(max(p["test_accuracy"] for p in curve)),
                 steps_to_trained=steps_to_accuracy(r, TRAINED_ACCURACY),
                 chi_input=inp.get("chi"), chi_blank=blank.get("chi"), xi=_xi(blank.get("chi")),
@@ -209,8 +209,8 @@ def theory_xi(diagram: str, values) -> np.ndarray:
 
 
 def _finished(rows, diagram: str) -> list[dict]:
-    return [r for r in rows if r.get("diagram") == diagram and r.get("status") in ("finished", "diverged")
-            and r.get("best_accuracy") is not None]
+    return [r for r in rows if r.get("diagram") == diagram and r.get("status") == "finished"
+            and r.get("best_accuracy") is not None]  # a diverged training run is a finished point (untrainable)
 
 
 def separation(rows, diagram: str, ks=None) -> dict:
