@@ -51,6 +51,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _setup(tmp_path, *folders):
+    """The training script, the environment of its processes and empty output folders."""
+    script = tmp_path / "train.py"
+    script.write_text(SCRIPT)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), MASTER_ADDR="127.0.0.1")
+    dirs = [tmp_path / f for f in folders]
+    for d in dirs:
+        d.mkdir()
+    return script, env, dirs
+
+
 def _run(args, cwd, env):
     out = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -59,12 +70,7 @@ def _run(args, cwd, env):
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch built without distributed")
 def test_two_processes_step_like_one(tmp_path):
-    script = tmp_path / "train.py"
-    script.write_text(SCRIPT)
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), MASTER_ADDR="127.0.0.1")
-    one, two = tmp_path / "one", tmp_path / "two"
-    one.mkdir()
-    two.mkdir()
+    script, env, (one, two) = _setup(tmp_path, "one", "two")
     _run([sys.executable, str(script), str(one), "steps"], tmp_path, env)
     _run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
           "--master-port", str(_free_port()), str(script), str(two), "steps"], tmp_path, env)
@@ -92,12 +98,7 @@ def test_two_processes_step_like_one(tmp_path):
 def test_checkpoint_of_two_processes_resumes_in_one(tmp_path):
     """A two-process run stopped after its second batch resumes in one process from rank 0's checkpoint (the
     carried state of the whole batch) and ends where an uninterrupted single-process run ends."""
-    script = tmp_path / "train.py"
-    script.write_text(SCRIPT)
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), MASTER_ADDR="127.0.0.1")
-    ref, run = tmp_path / "ref", tmp_path / "run"
-    ref.mkdir()
-    run.mkdir()
+    script, env, (ref, run) = _setup(tmp_path, "ref", "run")
     _run([sys.executable, str(script), str(ref), "resume"], tmp_path, env)
     crashed = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
                               "--master-addr", "127.0.0.1", "--master-port", str(_free_port()), str(script),

@@ -699,23 +699,29 @@ class GatedSpectralLaw(SpectralLaw):
     def relative_variance(self) -> float:
         return self.m2 / self.m1 ** 2 - 1.0
 
-    def density(self, x, *, eta: float = _ETA) -> np.ndarray:
-        r""":math:`\rho(x) = -\operatorname{Im}\langle\operatorname{tr}Y_{11}\rangle/(\pi Sx)` at
-        :math:`\zeta = x(1 + i\,\mathrm{eta})`, points ``x > 0`` (any shape); 0 above :attr:`GatedStep.bound`.
-        Replacing :math:`1/\zeta` by :math:`1/x` (as :func:`mftrnn.theory.free.density`) leaves no Lorentzian tail
-        of the whole mass outside the support. A clearly negative value raises :class:`~mftrnn.ConvergenceError`."""
+    def _solve_at(self, x, eta: float, outside: float):
+        r"""Validated points ``x`` (as an array), the flat output filled with ``outside`` (the value above
+        :attr:`GatedStep.bound`), the indices below the bound, those points, the solved unknowns there and
+        :math:`\sqrt\zeta` at :math:`\zeta = x(1 + i\,\mathrm{eta})`."""
         x = np.asarray(x, dtype=float)
         if not np.all(np.isfinite(x)) or np.any(x <= 0):
             raise DomainError("spectral points x must be finite and positive")
         if not (np.isfinite(eta) and 0 < eta < 1):
             raise DomainError(f"eta (relative imaginary part) must lie in (0, 1), got {eta!r}")
         flat = x.ravel()
-        out = np.zeros(flat.size)
+        out = np.full(flat.size, float(outside))
         inside = np.nonzero(flat < self.step.bound)[0]
+        xi = flat[inside]
+        U = _solve_real(self.step, xi, eta) if inside.size else None
+        return x, out, inside, xi, U, np.sqrt(xi * (1.0 + 1j * eta))
+
+    def density(self, x, *, eta: float = _ETA) -> np.ndarray:
+        r""":math:`\rho(x) = -\operatorname{Im}\langle\operatorname{tr}Y_{11}\rangle/(\pi Sx)` at
+        :math:`\zeta = x(1 + i\,\mathrm{eta})`, points ``x > 0`` (any shape); 0 above :attr:`GatedStep.bound`.
+        Replacing :math:`1/\zeta` by :math:`1/x` (as :func:`mftrnn.theory.free.density`) leaves no Lorentzian tail
+        of the whole mass outside the support. A clearly negative value raises :class:`~mftrnn.ConvergenceError`."""
+        x, out, inside, xi, U, sq = self._solve_at(x, eta, 0.0)
         if inside.size:
-            xi = flat[inside]
-            U = _solve_real(self.step, xi, eta)
-            sq = np.sqrt(xi * (1.0 + 1j * eta))
             xr = (sq * self.step.trace(U, sq)).imag / np.pi  # x rho(x) = Im(zeta m(zeta)) / pi
             if np.any(xr < -1e-8 * max(np.max(np.abs(xr)), 1e-300)):
                 raise ConvergenceError("negative spectral density: the solver left the physical branch")
@@ -739,18 +745,9 @@ class GatedSpectralLaw(SpectralLaw):
         :math:`F(x) = -1 - \operatorname{Im}\Phi/\pi` (module docstring). Exact for the law of the sampled
         coefficients at every point, however narrow its components (no quadrature of the density); 1 above
         :attr:`GatedStep.bound`."""
-        x = np.asarray(x, dtype=float)
-        if not np.all(np.isfinite(x)) or np.any(x <= 0):
-            raise DomainError("spectral points x must be finite and positive")
-        if not (np.isfinite(eta) and 0 < eta < 1):
-            raise DomainError(f"eta (relative imaginary part) must lie in (0, 1), got {eta!r}")
-        flat = x.ravel()
-        out = np.ones(flat.size)
-        inside = np.nonzero(flat < self.step.bound)[0]
+        x, out, inside, xi, U, sq = self._solve_at(x, eta, 1.0)
         if inside.size:
-            xi = flat[inside]
-            U = _solve_real(self.step, xi, eta)
-            F = -1.0 - self.step.log_det_phase(U, np.sqrt(xi * (1.0 + 1j * eta))) / np.pi
+            F = -1.0 - self.step.log_det_phase(U, sq) / np.pi
             if np.any(F < -1e-9) or np.any(F > 1 + 1e-9):
                 raise ConvergenceError("distribution function outside [0, 1]: the solver left the physical branch")
             out[inside] = np.clip(F, 0.0, 1.0)
