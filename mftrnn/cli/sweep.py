@@ -67,6 +67,7 @@ def _rows(path):
 
 
 def cmd_sweep(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
+    from ..errors import MftrnnError
     from ..experiments import trainability as tr
 
     if args.plot is not None or args.summary is not None:
@@ -78,7 +79,7 @@ def cmd_sweep(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
             for name in names:
                 try:
                     s = tr.separation(rows, name)
-                except Exception as exc:  # noqa: BLE001 - a diagram without runs is reported, not fatal
+                except MftrnnError as exc:  # a diagram without runs is reported, not fatal
                     print(f"{name}: {exc}")
                     continue
                 print(f"{name}: {s['n']} runs, {s['n_trained']} trained; T = {s['k']:.3g} xi classifies "
