@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import sympy as sp
 
 from ..errors import MftrnnError, UnknownCellError
-from .functions import sigmoid
+from .functions import relu, sigmoid
 from .gated import GRU, GRU_RESET_BEFORE, LSTM, LSTM_PEEPHOLE, Field, GatedCell
 
 __all__ = ["Cell", "Preactivation", "get_cell", "register_cell", "CELLS", "cells", "HYPER", "sigma_w", "sigma_v",
@@ -116,6 +116,34 @@ MINIMAL = Cell(
     description="minimalRNN: e_t = W h_{t-1} + V z_t + b, u_t = sigmoid(e_t), h_t = u_t h_{t-1} + (1-u_t) z_t",
 )
 
+# vanilla RNNs with other activations: the same pre-activation and hyperparameters as VANILLA, only h_t = phi(e_t)
+RELU = Cell(
+    name="relu",
+    state=_h,
+    input=_x,
+    preactivations=(Preactivation(_e),),
+    update=relu(_e),
+    description="ReLU RNN: e_t = W h_{t-1} + V x_t + b, h_t = max(0, e_t)",
+)
+
+ERF = Cell(
+    name="erf",
+    state=_h,
+    input=_x,
+    preactivations=(Preactivation(_e),),
+    update=sp.erf(_e),
+    description="erf RNN: e_t = W h_{t-1} + V x_t + b, h_t = erf(e_t)",
+)
+
+LINEAR = Cell(
+    name="linear",
+    state=_h,
+    input=_x,
+    preactivations=(Preactivation(_e),),
+    update=_e,
+    description="linear RNN: e_t = W h_{t-1} + V x_t + b, h_t = e_t",
+)
+
 _REGISTRY: dict[str, Cell] = {}
 
 
@@ -129,6 +157,8 @@ register_cell(VANILLA)
 register_cell(MINIMAL)
 for _gated in (LSTM, GRU, LSTM_PEEPHOLE, GRU_RESET_BEFORE):
     register_cell(_gated)
+for _single in (RELU, ERF, LINEAR):
+    register_cell(_single)
 
 
 def cells(kind: str | None = None) -> tuple[str, ...]:

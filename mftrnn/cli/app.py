@@ -466,8 +466,10 @@ def cmd_phase_diagram(args: argparse.Namespace) -> int:
         _save_png(args.out, data, args.color)
     written = [npz_path] if ext == ".npz" else [args.out, npz_path]
     chi = grid["chi"]
-    print(f"wrote {' and '.join(written)} ({len(y)} x {len(x)} grid, "
-          f"chi in [{chi.min():.4g}, {chi.max():.4g}])")
+    none = int(np.sum(grid.get("no_fixed_point", False)))
+    span = f"chi in [{np.nanmin(chi):.4g}, {np.nanmax(chi):.4g}]" if none < chi.size else "no finite fixed point"
+    print(f"wrote {' and '.join(written)} ({len(y)} x {len(x)} grid, {span}"
+          + (f"; no finite fixed point at {none} points, NaN there)" if 0 < none < chi.size else ")"))
     return 0
 
 
@@ -802,7 +804,9 @@ GATED_SPECTRUM_DESCRIPTIONS = {
     "log_mean": "ln(mean)",
     "relative_variance": "variance / mean^2: free product of one-step Jacobians (approximation)",
     "relative_variance_error": "its Monte Carlo standard error",
-    "relative_variance_independent": "the same for coefficients independent across steps (one-state cells)",
+    "relative_variance_independent": "the same for coefficients drawn afresh at every step (exact for that model)",
+    "relative_variance_independent_error": "its Monte Carlo standard error",
+    "mean_independent": "that model's mean; ignores the correlation of steps through the carried state",
     "variance": "variance (free product)",
     "log_variance": "ln(variance)",
     "m1_step": "one step's mean (Monte Carlo over the unit law)",

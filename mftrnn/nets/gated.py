@@ -64,8 +64,9 @@ __all__ = ["DerivedCell", "DerivedRNN", "derived_module", "init_gated_", "Implem
            "implementations", "copy_to_torch", "copy_from_torch"]
 
 #: SymPy function name -> torch function, for the lambdified update rules
-TORCH_FUNCTIONS = {name: getattr(torch, name) for name in
-                   ("sigmoid", "tanh", "exp", "log", "cosh", "sinh", "sqrt", "abs", "sin", "cos", "erf")}
+TORCH_FUNCTIONS = {**{name: getattr(torch, name) for name in
+                      ("sigmoid", "tanh", "exp", "log", "cosh", "sinh", "sqrt", "abs", "sin", "cos", "erf", "relu")},
+                   "Heaviside": lambda x, h0=0.5: torch.heaviside(x, torch.full_like(x, h0))}
 
 
 # --------------------------------------------------------------------------- the derived module

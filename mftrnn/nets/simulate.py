@@ -496,7 +496,10 @@ def _torch_coefficients(cell: Cell):
         raise MftrnnError(f"torch_coefficients supports cells with one pre-activation; {jac.cell.name!r} has "
                           f"{len(jac.b)}")
     c = jac.cell
-    fn = sp.lambdify([c.preactivations[0].symbol, c.state, c.input], [jac.a, jac.b[0]], modules=[TORCH_FUNCTIONS])
+    # constants such as sqrt(pi) (erf' = 2 exp(-e^2)/sqrt(pi)) to floats: torch's sqrt takes tensors only
+    exprs = [sp.sympify(ex).xreplace({n: n.evalf(20) for n in sp.sympify(ex).atoms(sp.Pow, sp.NumberSymbol)
+                                      if n.is_number and not n.is_Rational}) for ex in (jac.a, jac.b[0])]
+    fn = sp.lambdify([c.preactivations[0].symbol, c.state, c.input], exprs, modules=[TORCH_FUNCTIONS])
 
     def coefficients(e, h, x):
         a, b = fn(e, h, x)

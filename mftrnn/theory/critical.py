@@ -91,13 +91,46 @@ def _solve_for(eq, var):
     held = {n: sp.Dummy(positive=True) for n in nodes}
     sols = sp.solve(eq.xreplace(held), var, dict=True)
     back = {v: k for k, v in held.items()}
-    return [s[var].xreplace(back) for s in sols]
+    out = [s[var].xreplace(back) for s in sols]
+    if len(out) > 1 and var.is_nonnegative:  # +-sqrt(...) for a standard deviation: the non-negative root
+        out = [s for s in out if not s.could_extract_minus_sign()]
+    return out
 
 
 @functools.lru_cache(maxsize=None)
-def vanilla_critical_line() -> dict:
+def activation_cell(cell):
+    r"""The registered cell if it is a vanilla RNN with some activation, :math:`h_t=\phi(e_t)`,
+    :math:`e_t=Wh_{t-1}+Vx_t+b` (one pre-activation of the plain state; the update depends on :math:`e` alone), else
+    None. The vanilla critical line (:func:`vanilla_critical`) holds for every such cell with :math:`\tanh\to\phi`."""
+    from ..cells.registry import Cell, get_cell
+
+    try:
+        c = get_cell(cell)
+    except Exception:
+        return None
+    if not isinstance(c, Cell) or len(c.preactivations) != 1 or c.preactivations[0].recurrent_input is not None:
+        return None
+    (p,) = c.preactivations
+    return c if sp.sympify(c.update).free_symbols == {p.symbol} else None
+
+
+def _activation_name(cell) -> str:
+    """``tanh``, ``relu``, ``erf``... for ``h = f(e)``; ``phi`` otherwise (e.g. the linear cell)."""
+    u = sp.sympify(cell.update)
+    return type(u).__name__ if isinstance(u, sp.Function) and len(u.args) == 1 else "phi"
+
+
+def _checked_activation_cell(cell):
+    c = activation_cell(cell)
+    if c is None:
+        raise DomainError(f"{cell!r} is not a vanilla RNN h_t = phi(W h_(t-1) + V x_t + b) with one activation")
+    return c
+
+
+def vanilla_critical_line(cell="vanilla") -> dict:
     r"""The vanilla RNN's critical line as SymPy expressions in :math:`q` (the pre-activation variance
-    :math:`q^*`), :math:`\mu_b`, :math:`\sigma_b`, :math:`R`, derived from :func:`mftrnn.mean_field`.
+    :math:`q^*`), :math:`\mu_b`, :math:`\sigma_b`, :math:`R`, derived from :func:`mftrnn.mean_field`; ``cell``: any
+    cell :math:`h_t=\phi(e_t)` of the vanilla form (:func:`activation_cell`), with :math:`\tanh\to\phi` below.
 
     Keys: ``q`` (the symbol), ``sigma_w`` (:math:`\chi = 1` solved for :math:`\sigma_w`), ``Q_star``
     (:math:`\mathbb E[\tanh^2]`, the variance map at :math:`q^*`), ``sigma_v2`` (the fixed-point equation
@@ -105,7 +138,7 @@ def vanilla_critical_line() -> dict:
     feasibility bound :math:`\sigma_w^2 Q^* + \sigma_b^2`: :math:`\sigma_v^2\ge0` iff :math:`q^*\ge q_{min}`), and
     ``chi_q`` (the variance map's slope there; :math:`<1`: the fixed point is stable).
     """
-    m = mean_field("vanilla")
+    m = mean_field(_checked_activation_cell(cell))
     (q,) = m.q_of_Q
     chi = m.display(m.chi)  # sigma_w^2 E[tanh'(e)^2], e ~ N(mu_b, q)
     (sw,) = _solve_for(sp.Eq(chi, 1), sigma_w_sym)
@@ -118,9 +151,13 @@ def vanilla_critical_line() -> dict:
     return {"q": q, "sigma_w": sw, "Q_star": Q_star, "sigma_v2": sv2, "q_min": q_min, "chi_q": chi_q}
 
 
+def _vanilla_compiled(cell="vanilla") -> Compiled:
+    return _vanilla_compiled_cell(_checked_activation_cell(cell))
+
+
 @functools.lru_cache(maxsize=None)
-def _vanilla_compiled() -> Compiled:
-    line = vanilla_critical_line()
+def _vanilla_compiled_cell(cell) -> Compiled:
+    line = vanilla_critical_line(cell)
     # sigma_v^2 R (not sigma_v^2): finite at R = 0, where it must vanish
     exprs = [line["sigma_w"], line["Q_star"], sp.simplify(line["sigma_v2"] * R_sym), line["q_min"], line["chi_q"]]
     return Compiled(exprs, [line["q"], mu_b_sym, sigma_b_sym, R_sym])
@@ -152,14 +189,15 @@ def _first(mask):
     return np.unravel_index(int(np.argmax(mask)), mask.shape)
 
 
-def _least_feasible(mu, sb):
+def _least_feasible(mu, sb, cell="vanilla"):
     try:
-        return f"; the least feasible q* at these mu_b, sigma_b is {vanilla_min_q_star(mu_b=mu, sigma_b=sb):.6g}"
+        return (f"; the least feasible q* at these mu_b, sigma_b is "
+                f"{vanilla_min_q_star(mu_b=mu, sigma_b=sb, cell=cell):.6g}")
     except DomainError as exc:
         return f"; {exc}"
 
 
-def vanilla_critical(q_star, *, mu_b=0.0, sigma_b=0.0, R=1.0) -> dict:
+def vanilla_critical(q_star, *, mu_b=0.0, sigma_b=0.0, R=1.0, cell="vanilla") -> dict:
     r"""Vanilla RNN hyperparameters on the critical line :math:`\chi = 1` with fixed point :math:`q^*`.
 
     .. math::
@@ -181,7 +219,14 @@ def vanilla_critical(q_star, *, mu_b=0.0, sigma_b=0.0, R=1.0) -> dict:
     :math:`q^* < \mathbb E[\tanh^2]/\mathbb E[\tanh'^2] + \sigma_b^2`; with :math:`R = 0` (no input) unless
     :math:`q^*` equals that bound (then :math:`\sigma_v` is irrelevant and reported as 0); and where the variance map
     has a smaller stable fixed point than :math:`q^*` (the network would settle there instead).
+
+    ``cell``: any vanilla-form cell :math:`h_t=\phi(e_t)` (:func:`activation_cell`; ``tanh`` becomes :math:`\phi` in
+    the formulas and messages). ReLU at :math:`\mu_b=0`: :math:`\chi=\sigma_w^2/2` and :math:`Q^*=q^*/2` for every
+    :math:`q^*`, so :math:`\sigma_w^2=2` and :math:`\sigma_v^2R=-\sigma_b^2`: no input can enter a critical ReLU
+    network without a negative bias mean (refused: the slack is :math:`\le 0`).
     """
+    c = _checked_activation_cell(cell)
+    act = _activation_name(c)
     q = _as_array("q_star", q_star, positive=True)
     mu = _as_array("mu_b", mu_b)
     sb = _as_array("sigma_b", sigma_b, nonnegative=True)
@@ -193,21 +238,29 @@ def vanilla_critical(q_star, *, mu_b=0.0, sigma_b=0.0, R=1.0) -> dict:
         raise DomainError("q_star, mu_b, sigma_b, R have incompatible shapes") from None
     try:
         with np.errstate(all="ignore"):
-            sw, Qs, sv2R, q_min, chi_q = _vanilla_compiled()(q, mu, sb, r)
+            sw, Qs, sv2R, q_min, chi_q = _vanilla_compiled(c)(q, mu, sb, r)
     except OverflowError as exc:
         raise DomainError(f"{exc}; reduce q_star") from None
     if not (np.all(np.isfinite(sw)) and np.all(np.isfinite(sv2R))):
         i = _first(~(np.isfinite(sw) & np.isfinite(sv2R)))
-        raise DomainError(f"E[tanh'(e)^2] underflows at q_star={q[i]:.6g}, mu_b={mu[i]:.6g}: the units are saturated "
-                          "and no finite sigma_w gives chi = 1")
+        raise DomainError(f"E[{act}'(e)^2] underflows at q_star={q[i]:.6g}, mu_b={mu[i]:.6g}: the units are "
+                          "saturated and no finite sigma_w gives chi = 1")
+    marginal = ~(chi_q < 1 - 1e-9)
+    if np.any(marginal):
+        i = _first(marginal)
+        raise DomainError(
+            f"chi = 1 at q_star={q[i]:.6g}, mu_b={mu[i]:.6g} makes the variance map's slope chi_q = {chi_q[i]:.6g} "
+            f">= 1: the fixed point is not stable, so no {act} network settles on the critical line there"
+            + (" (for this activation chi_q = chi at every q)" if abs(chi_q[i] - 1) < 1e-9 else ""))
     slack = 1e-12 * q  # round-off allowance of q* - q_min
+    # sigma_v^2 R = 0 with R > 0 leaves no input: only for a map with chi_q < 1 is q* then a stable fixed point
     bad = sv2R < -slack
     if np.any(bad):
         i = _first(bad)
         raise DomainError(
             f"q_star={q[i]:.6g} is infeasible at mu_b={mu[i]:.6g}, sigma_b={sb[i]:.6g}: chi = 1 needs "
-            f"q* >= E[tanh^2]/E[tanh'^2] + sigma_b^2 = {q_min[i]:.6g} there (sigma_v^2 would be negative)"
-            + _least_feasible(mu[i], sb[i])
+            f"q* >= E[{act}^2]/E[{act}'^2] + sigma_b^2 = {q_min[i]:.6g} there (sigma_v^2 would be negative)"
+            + _least_feasible(mu[i], sb[i], c)
             + ("" if bad.size == 1 else f"; {int(bad.sum())} of {bad.size} points are infeasible"))
     zero_R = r == 0
     mismatch = zero_R & (np.abs(sv2R) > slack)
@@ -217,10 +270,10 @@ def vanilla_critical(q_star, *, mu_b=0.0, sigma_b=0.0, R=1.0) -> dict:
                 if q[i] - q_min[i] + sb[i] ** 2 > 0 else "")
         raise DomainError(
             f"with R = 0 (no input) the critical fixed point is set by sigma_b alone: q_star={q[i]:.6g} needs "
-            f"q* = E[tanh^2]/E[tanh'^2] + sigma_b^2 = {q_min[i]:.6g}{hint}, or give R > 0")
+            f"q* = E[{act}^2]/E[{act}'^2] + sigma_b^2 = {q_min[i]:.6g}{hint}, or give R > 0")
     with np.errstate(divide="ignore", invalid="ignore"):
         sv = np.where(zero_R, 0.0, np.sqrt(np.maximum(sv2R, 0.0) / np.where(zero_R, 1.0, r)))
-    fp = fixed_point("vanilla", sigma_w=sw, sigma_v=sv, sigma_b=sb, mu_b=mu, R=r)
+    fp = fixed_point(c, sigma_w=sw, sigma_v=sv, sigma_b=sb, mu_b=mu, R=r)
     # a residual e of the variance map moves its root by e/(1 - chi_q): ill-conditioned as q* -> 0 (chi_q -> 1)
     with np.errstate(divide="ignore"):
         tol = np.minimum(1e-8 / np.maximum(1.0 - chi_q, 0.0), 1e-2)
@@ -237,7 +290,7 @@ def vanilla_critical(q_star, *, mu_b=0.0, sigma_b=0.0, R=1.0) -> dict:
     return {k: _out(v, scalar) for k, v in out.items()}
 
 
-def vanilla_min_q_star(*, mu_b=0.0, sigma_b=0.0) -> float:
+def vanilla_min_q_star(*, mu_b=0.0, sigma_b=0.0, cell="vanilla") -> float:
     r"""The least feasible target :math:`q^*` of :func:`vanilla_critical` at this :math:`\mu_b, \sigma_b`: the root of
     :math:`q - \mathbb E[\tanh^2]/\mathbb E[\tanh'^2] - \sigma_b^2 = 0` (:math:`\sigma_v = 0`; the sign of
     :math:`\sigma_v^2` does not depend on :math:`R`), found by a scan of :math:`q\in[10^{-8}, 10^{6}]` (geometric,
@@ -249,7 +302,7 @@ def vanilla_min_q_star(*, mu_b=0.0, sigma_b=0.0) -> float:
 
     mu = float(_as_array("mu_b", mu_b))
     sb = float(_as_array("sigma_b", sigma_b, nonnegative=True))
-    fn = _vanilla_compiled()
+    fn = _vanilla_compiled(cell)
 
     def slack(q):
         with np.errstate(all="ignore"):
@@ -626,10 +679,24 @@ def register_critical_recipe(recipe: CriticalRecipe) -> CriticalRecipe:
 
 
 def critical_recipes(cell: str | None = None) -> tuple:
-    """The :class:`CriticalRecipe` s of ``cell`` (empty when it has none), or of every cell."""
+    r"""The :class:`CriticalRecipe` s of ``cell`` (empty when it has none), or of every cell. A cell without a
+    registered recipe that has the vanilla form :math:`h_t=\phi(e_t)` (:func:`activation_cell`) gets the vanilla
+    recipe (:func:`vanilla_critical` with ``cell``)."""
     if cell is None:
         return tuple(r for rs in _RECIPES.values() for r in rs)
-    return tuple(_RECIPES.get(cell, ()))
+    found = tuple(_RECIPES.get(cell, ()))
+    if not found and isinstance(cell, str) and activation_cell(cell) is not None:
+        found = (_activation_recipe(cell),)
+    return found
+
+
+def _activation_recipe(cell: str) -> CriticalRecipe:
+    return CriticalRecipe(
+        cell=cell, key="q_star", metavar="X",
+        meaning="the fixed point's pre-activation variance; chi = 1 fixes sigma_w and sigma_v",
+        function=functools.partial(vanilla_critical, cell=cell), options=("mu_b", "sigma_b", "R"),
+        chosen="(sigma_w and sigma_v are chosen; the critical line has xi = inf)",
+        title=lambda given, result: f"{cell} RNN on the critical line chi = 1 with q* = {given['q_star']:g}")
 
 
 register_critical_recipe(CriticalRecipe(

@@ -96,11 +96,11 @@ def gated_for_timescale(cell, T, *, k: float = 1.0, sigma_w: float = SIGMA_W_DEF
     Returns the per-gate hyperparameters (``sigma_w_K, sigma_v_K, sigma_b_K, mu_b_K`` and ``R``), ``memory_gate``,
     ``T``, ``k``, the fixed point's ``Q_star`` (and ``Qc_star``), ``chi``, ``xi``, and the Jacobian spectrum:
     ``mean`` (:math:`T` steps, exact), ``relative_variance_step``, ``spread`` (the :math:`T`-step relative variance:
-    for one state the independent-coefficients recursion, else the free product; ``spread_method`` says which).
+    coefficients drawn afresh at every step, exact for that model for every cell; ``spread_method`` says so).
     :class:`~mftrnn.DomainError` for bad input or :math:`kT >` :data:`XI_MAX_GATED`;
     :class:`~mftrnn.ConvergenceError` if no bias reaches the target."""
     from ..cells.registry import get_cell
-    from .gated_jacobian import gated_product_moments, jacobian_structure
+    from .gated_jacobian import gated_product_moments
     cell = get_cell(cell) if not isinstance(cell, GatedCell) else cell
     gate = memory_gate(cell)
     for name, v in (("T", T), ("k", k), ("sigma_w", sigma_w), ("sigma_v", sigma_v), ("R", R)):
@@ -138,14 +138,13 @@ def gated_for_timescale(cell, T, *, k: float = 1.0, sigma_w: float = SIGMA_W_DEF
     hp = _hyperparameters(cell, gate, mu, sigma_w, sigma_v, R)
     fp = gated_fixed_point(cell, **hp)
     spec = gated_product_moments(fp, T, orthogonal=orthogonal, samples=samples)
-    one_state = len(jacobian_structure(cell).states) == 1
     out = {key: float(v) for key, v in fp.params.items()}
     out.update(cell=cell.name, memory_gate=gate, T=T, k=k, orthogonal=bool(orthogonal), Q_star=float(fp.Q_star),
                chi=float(fp.chi), xi=float(fp.xi), mean=spec["mean"], log_mean=spec["log_mean"],
                relative_variance_step=spec["relative_variance_step"],
-               spread=spec["relative_variance_independent"] if one_state else spec["relative_variance"],
-               spread_method=("independent coefficients (exact for untied weights)" if one_state
-                              else "free product of one-step Jacobians (approximation)"))
+               spread=spec["relative_variance_independent"],
+               spread_method=("coefficients drawn afresh at every step (exact for that model; in a network a "
+                              "unit's carried state correlates successive steps)"))
     if fp.Qc_star is not None:
         out["Qc_star"] = float(fp.Qc_star)
     if abs(out["xi"] - xi_target) > 1e-6 * xi_target:

@@ -448,6 +448,28 @@ def _certified_scan(g_dg, X, rows):
     return A, B, np.where(only_cubic, pp[k, jj], ga[f]), np.where(only_cubic, pp[k, jj + 1], gb[f]), count
 
 
+def unbounded(cell, **hyperparameters) -> np.ndarray:
+    r"""Boolean array (broadcast shape of the hyperparameters): True where the variance map has no finite fixed
+    point, i.e. :math:`Q_t(Q) - Q \ge 0` still at :math:`Q = 4^{40}\max(2Q_t(0), 1)` (the bracket search of
+    :func:`fixed_point`, which raises :class:`~mftrnn.ConvergenceError` there). Example: the ReLU RNN at
+    :math:`\mu_b = 0` and :math:`\sigma_w^2 \ge 2`, whose map :math:`Q_t=\tfrac12(\sigma_w^2Q+\sigma_v^2R+\sigma_b^2)`
+    has slope :math:`\sigma_w^2/2 \ge 1` everywhere; the linear RNN at :math:`\sigma_w \ge 1`."""
+    cell = get_cell(cell, gated=False)
+    hp = check_hyperparameters(cell, hyperparameters)
+    shape = next(iter(hp.values())).shape
+    hv = list(_flat(hp).values())
+    (F0,) = _evaluate(_compiled(cell, "F"), np.zeros(hv[0].size), *hv, rule="coarse")
+    hi = np.maximum(2.0 * F0, 1.0)
+    grow = np.ones(hi.size, bool)
+    for _ in range(41):
+        g, _ = _evaluate(_compiled(cell, "G"), hi, *hv, rule="coarse")
+        grow = g >= 0
+        if not grow.any():
+            break
+        hi = np.where(grow, 4.0 * hi, hi)
+    return grow.reshape(shape)
+
+
 def _solve_Q(cell, hp):
     """Least stable fixed point Q* of the variance map for flat hyperparameter arrays ``hp``, and a flag for
     points where the scan found more than one stable fixed point.

@@ -19,7 +19,9 @@ density (Price's theorem, proved by integrating by parts):
 
 so ``sympy.diff`` of any expression built from them stays inside the same algebra. Closed forms are
 used where they exist: integrands that do not depend on the variable, and polynomials (Gaussian
-moments). A bivariate expectation whose covariance equals both variances (perfectly correlated
+moments) and the table of :mod:`mftrnn.theory.closed_forms` (rectifier, step, erf and Gaussian factors; the
+arc-cosine and erf kernels at zero means).
+A bivariate expectation whose covariance equals both variances (perfectly correlated
 pre-activations, e.g. identical inputs at the fixed point) collapses to a univariate one, and one
 whose integrand factorises over a zero covariance splits into a product.
 
@@ -30,9 +32,10 @@ from __future__ import annotations
 
 import sympy as sp
 
-from ..cells.functions import sigmoid
+from ..cells.functions import relu, sigmoid
+from .closed_forms import expect2_closed, expect_closed
 
-__all__ = ["sigmoid", "E", "E2", "EPS", "EPS_A", "EPS_B", "expect", "expect2", "STRIP_HALF_WIDTH"]
+__all__ = ["sigmoid", "relu", "E", "E2", "EPS", "EPS_A", "EPS_B", "expect", "expect2", "STRIP_HALF_WIDTH"]
 
 #: Integration variables (bound inside the Lambdas).
 EPS = sp.Symbol("epsilon", real=True)
@@ -42,7 +45,8 @@ EPS_B = sp.Symbol("epsilon_b", real=True)
 
 #: Half-width of the strip around the real axis in which each activation is analytic (distance of the
 #: nearest complex pole): tanh has poles at i*pi/2, the logistic function at i*pi. The quadrature
-#: (``mftrnn.theory.quadrature``) chooses its step from this number.
+#: (``mftrnn.theory.quadrature``) chooses its step from this number. Entire functions (exp, erf, sin, cos) and
+#: piecewise ones (relu, Heaviside) are classified by :func:`mftrnn.theory.numeric.strip_half_width`.
 STRIP_HALF_WIDTH = {sp.tanh: sp.pi / 2, sigmoid: sp.pi}
 
 
@@ -52,6 +56,22 @@ def _gaussian_moment(k: int, mu, q):
     for j in range(2, k + 1):
         m.append(sp.expand(mu * m[j - 1] + (j - 1) * q * m[j - 2]))
     return m[k]
+
+
+#: functions the closed-form table knows (an integrand with one of them is worth expanding into terms)
+_CLOSED_FUNCTIONS = (relu, sp.Heaviside, sp.DiracDelta, sp.exp, sp.erf)
+
+
+def _bivariate_moments(body, xa, xb, mu_a, mu_b, q_a, q_b, q_ab):
+    r"""E[p(a, b)] for a polynomial p: derivatives of the moment generating function
+    :math:`\exp(\mu_a s+\mu_b t+\tfrac12(q_a s^2+2q_{ab}st+q_b t^2))` at :math:`s=t=0`."""
+    s, t = sp.Dummy("s"), sp.Dummy("t")
+    mgf = sp.exp(mu_a * s + mu_b * t + (q_a * s**2 + 2 * q_ab * s * t + q_b * t**2) / 2)
+    poly = sp.Poly(body, xa, xb)
+    out = sp.S.Zero
+    for (i, j), c in zip(poly.monoms(), poly.coeffs()):
+        out += c * sp.diff(mgf, s, i, t, j).subs({s: 0, t: 0})
+    return sp.expand(out)
 
 
 class E(sp.Function):
@@ -79,6 +99,15 @@ class E(sp.Function):
                 return const * cls(sp.Lambda(x, dep), mu, q)
         if isinstance(body, sp.Add):
             return sp.Add(*[cls(sp.Lambda(x, a), mu, q) for a in body.args])
+        closed = expect_closed(body, x, mu, q)
+        if closed is not None:
+            return closed
+        if body.has(*_CLOSED_FUNCTIONS):
+            expanded = sp.expand(body)
+            if isinstance(expanded, sp.Add):  # e.g. (f + g) * exp(-x^2): split only if every term has a closed form
+                terms = [cls(sp.Lambda(x, a), mu, q) for a in expanded.args]
+                if not any(t.has(cls) for t in terms):
+                    return sp.Add(*terms)
 
     def fdiff(self, argindex):
         f, mu, q = self.args
@@ -146,6 +175,11 @@ class E2(sp.Function):
             if xb not in fa.free_symbols and xa not in fb.free_symbols:
                 return E(sp.Lambda(EPS, fa.subs(xa, EPS)), mu_a, q_a) * E(
                     sp.Lambda(EPS, fb.subs(xb, EPS)), mu_b, q_b)
+        if body.is_polynomial(xa, xb):
+            return _bivariate_moments(body, xa, xb, mu_a, mu_b, q_a, q_b, q_ab)
+        closed = expect2_closed(body, xa, xb, mu_a, mu_b, q_a, q_b, q_ab)
+        if closed is not None:
+            return closed
 
     def fdiff(self, argindex):
         F, mu_a, mu_b, q_a, q_b, q_ab = self.args

@@ -84,8 +84,8 @@ from ..cells.registry import Cell, R, get_cell
 from ..errors import DomainError, MftrnnError
 from .fixed_point import _evaluate, check_hyperparameters, fixed_point, unpack_fixed_point
 from .meanfield import M, Q, _affine_coefficients, mean_field
-from .numeric import NUMPY_MODULES, Compiled, strip_half_width
-from .quadrature import WINDOW, _rule, nodes_for
+from .numeric import NUMPY_MODULES, Compiled, kink_points, strip_half_width
+from .quadrature import gaussian_rule
 
 __all__ = ["StepJacobian", "step_jacobian", "CoefficientLaw", "coefficient_law", "coefficient_moment",
            "spectral_moments", "step_moments", "product_moments", "isometry",
@@ -756,7 +756,8 @@ def coefficient_law(cell, *, n_state: int = 6, **hyperparameters) -> Coefficient
     independent. The law is the product of
 
     * the engine's trapezoid rule in :math:`e` (:mod:`mftrnn.theory.quadrature`, node count for accuracy 1e-12 given the
-      poles of the integrand; atoms of weight below 1e-15 of the largest dropped), and
+      poles of the integrand; atoms of weight below 1e-15 of the largest dropped), or Gauss-Legendre pieces cut where a
+      coefficient has a kink or jump (ReLU: :math:`b=\Theta(e)`; :func:`~mftrnn.theory.quadrature.gaussian_rule`), and
     * for the carried variable, an ``n_state``-point Gauss rule of its law built from its exact moments (Golub-Welsch):
       of :math:`y=h+\rho x` when :math:`\beta_x=\rho\beta_h` with constant :math:`\rho` (minimalRNN: :math:`y=h_{t-1}
       -z_t`, :math:`\rho=-1`), else of :math:`h` and :math:`x` separately (tensor product). The moments of :math:`h`
@@ -792,11 +793,9 @@ def coefficient_law(cell, *, n_state: int = 6, **hyperparameters) -> Coefficient
     mu = float(sp.sympify(p.mu_b).subs(subs))
     # e rule: strip of the least analytic coefficient (powers of the same functions have the same poles)
     d = min([strip_half_width(ex) for ex in exprs] + [np.inf])
-    n_e = int(nodes_for(np.array([math.sqrt(q_star)]), d)[0])
-    xi_nodes, w_e = _rule(n_e, WINDOW)
-    keep = w_e > 1e-15 * w_e.max()
-    e_nodes, w_e = mu + math.sqrt(q_star) * xi_nodes[keep], w_e[keep]
-    w_e = w_e / w_e.sum()
+    # coefficients with kinks or jumps (ReLU: b = Theta(e)): Gauss-Legendre pieces cut there, not the trapezoid
+    kinks = sorted({k for ex in exprs for k in kink_points(ex, e_sym)})
+    e_nodes, w_e = gaussian_rule(mu, q_star, d, kinks)
     vals = [np.broadcast_to(np.asarray(v, float), e_nodes.shape) for v in _lambdify(exprs, [e_sym])(e_nodes)]
     a_e, b0_e, bh_e, bx_e, c0_e, ch_e, cx_e = vals
     if not all(np.all(np.isfinite(v)) for v in vals):

@@ -179,13 +179,16 @@ class MeanField:
             a = Mmap.diff(M)
             b = Mmap.subs(M, 0)
             Qmap = Qmap.subs(M, b / (1 - a))
+        # kinks and jumps (relu, Heaviside) are fine: closed forms or piecewise quadrature; a Dirac delta left inside
+        # an expectation that no closed form absorbed is not
         singular = set()
         for expr in (Qmap, Qmap.diff(Q), self.covariance_map):
-            singular |= {type(f).__name__ for f in expr.atoms(sp.DiracDelta, sp.Heaviside)}
+            for node in expr.atoms(E, E2):
+                singular |= {type(f).__name__ for f in node.args[0].expr.atoms(sp.DiracDelta)}
         if singular:
-            raise DomainError(f"cell {cell.name!r}: the update {cell.update} is not smooth (its mean-field maps or "
-                              f"slopes contain {', '.join(sorted(singular))}), which the Gaussian quadrature cannot "
-                              f"evaluate; use a smooth function (e.g. tanh(k*e) for sign(e))")
+            raise DomainError(f"cell {cell.name!r}: the update {cell.update} is not smooth enough (its mean-field maps "
+                              f"or slopes contain {', '.join(sorted(singular))} inside an expectation with no closed "
+                              f"form); use a continuous activation (e.g. relu(e) or tanh(k*e) for sign(e))")
         self.M_map = Mmap
         self.Q_map = Qmap
         self.chi_q = Qmap.diff(Q)
@@ -248,8 +251,9 @@ class MeanField:
         return out
 
     def display(self, expr):
-        """Rewrite an expression for printing: pre-activation variances as the symbols ``q``, and terms that
-        share an expectation collected (``sigma_w**2*(Q + R)*E[...]``)."""
+        """Rewrite an expression for printing: pre-activation variances as the symbols ``q`` (inside expectations and,
+        for closed forms, wherever the sum appears), and terms that share an expectation collected
+        (``sigma_w**2*(Q + R)*E[...]``)."""
         back = {sp.expand(v): k for k, v in self.q_of_Q.items()}
 
         def fix(node):
@@ -257,6 +261,21 @@ class MeanField:
             return node.func(node.args[0], *args)
 
         out = expr.replace(lambda n: isinstance(n, (E, E2)), fix)
+        if back:  # closed forms (no expectation left) carry the variances as sums: name them q too
+            out = out.subs(back)
+            if len(self.q_of_Q) == 1:
+                ((qs, qv),) = self.q_of_Q.items()
+                c = qv.coeff(Q)
+                if c != 0 and not (qv - c * Q).has(Q):
+                    Qq = (qs - (qv - c * Q)) / c
+
+                    def closed(n):
+                        return (not isinstance(n, (E, E2)) and not n.has(E, E2) and n.has(Q)
+                                and (isinstance(n, sp.Function) or (isinstance(n, sp.Pow) and not n.exp.is_Integer)))
+                    if out.has(E, E2):
+                        out = out.replace(closed, lambda n: sp.expand(n.subs(Q, Qq)))
+                    else:  # a closed form: Q only through q
+                        out = sp.expand(out.subs(Q, Qq), deep=False)
         return sp.collect(out, list(out.atoms(E, E2)), sp.factor)
 
 

@@ -9,31 +9,148 @@ one set of nodes with common sub-expressions computed once; the algebra around t
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
+import scipy.special
 import sympy as sp
 from scipy.special import expit
 
 from ..errors import DomainError
+from .closed_forms import KINK_FUNCTIONS, truncated_moment, truncated_moment_numpy, zero_mean_closed, zero_mean_closed2
 from .gaussian import E, E2, EPS, EPS_A, EPS_B, STRIP_HALF_WIDTH, sigmoid
-from .quadrature import expect2_numeric, expect_numeric
+from .quadrature import (PIECEWISE_TOL, RULES, STRIP_SAFETY, expect2_numeric, expect2_piecewise, expect_numeric,
+                         expect_piecewise)
 
-__all__ = ["Compiled", "NUMPY_MODULES", "strip_half_width"]
+__all__ = ["Compiled", "NUMPY_MODULES", "strip_half_width", "classify", "kink_points", "gaussian_growth",
+           "growth_strip"]
 
-NUMPY_MODULES = [{"sigmoid": expit}, "numpy"]
-#: strip half-width used for integrands containing functions the table does not know (conservative)
+NUMPY_MODULES = [{"sigmoid": expit, "relu": lambda x: np.maximum(x, 0.0), "erf": scipy.special.erf,
+                  "erfc": scipy.special.erfc, "truncated_moment": truncated_moment_numpy}, "numpy"]
+#: strip half-width used for integrands containing functions the table does not know (conservative); such an
+#: integrand's expectation is also evaluated a second time with twice the nodes, and refused if the two disagree
+#: (:class:`Compiled`)
 _UNKNOWN_STRIP = 0.5
+#: entire functions: no poles; their growth off the real axis is what limits the trapezoid step (see
+#: :func:`gaussian_growth`)
+_ENTIRE = (sp.exp, sp.sin, sp.cos, sp.sinh, sp.cosh, sp.erf, sp.erfc, truncated_moment)
 
 
-def strip_half_width(body) -> float:
-    """Distance from the real axis of the nearest singularity of an integrand (``inf`` for entire ones)."""
+def _linear_coefficients(u):
+    """Coefficients of ``u`` in its free symbols (sorted by name) if ``u`` is affine in them, else None."""
+    syms = sorted(u.free_symbols, key=str)
+    if not syms or not u.is_polynomial(*syms) or sp.Poly(u, *syms).total_degree() > 1:
+        return None
+    return [u.coeff(v) for v in syms]
+
+
+def gaussian_growth(body) -> float:
+    r"""Rate :math:`K` of Gaussian growth off the real axis of an entire integrand: :math:`|f(x+iy)|\lesssim
+    e^{K y^2}`. ``erf(alpha e)`` contributes :math:`\alpha^2` (:math:`|\operatorname{erf}(iy)|\sim e^{y^2}/y`),
+    ``exp(-k e^2 + ...)`` contributes :math:`k`; products add, powers multiply, sums take the largest.
+
+    For the trapezoid rule in :math:`\xi` (:math:`e=\mu+s\xi`) such a factor turns the Gaussian weight
+    :math:`e^{-\xi^2/2}` into one of variance :math:`1/(1+2Ks^2)` on the imaginary side, and the rule's error
+    becomes :math:`\exp(-2\pi^2/(h^2(1+2Ks^2)))`: the step must shrink like :math:`1/s`, as for a pole at distance
+    :math:`O(1)` (:func:`growth_strip`)."""
+    body = sp.sympify(body)
+    if isinstance(body, sp.Add):
+        return max((gaussian_growth(a) for a in body.args), default=0.0)
+    if isinstance(body, sp.Mul):
+        return sum(gaussian_growth(a) for a in body.args)
+    if isinstance(body, sp.Pow) and body.exp.is_Integer and body.exp > 0:
+        return int(body.exp) * gaussian_growth(body.base)
+    if isinstance(body, (sp.erf, sp.erfc)):
+        c = _linear_coefficients(body.args[0])
+        return float(sum(abs(complex(v))**2 for v in c if v.is_number)) if c is not None else 0.0
+    if isinstance(body, sp.exp):
+        u = sp.expand(body.args[0])
+        syms = sorted(u.free_symbols, key=str)
+        if syms and u.is_polynomial(*syms) and sp.Poly(u, *syms).total_degree() == 2:
+            quad = sp.Poly(u, *syms)
+            k = -sum(float(c) for m, c in zip(quad.monoms(), quad.coeffs()) if sum(m) == 2 and c.is_number)
+            return max(k, 0.0)
+    return 0.0
+
+
+def growth_strip(K: float) -> float:
+    r"""Strip half-width :math:`d` whose pole rule (:func:`mftrnn.theory.quadrature.nodes_needed`) is at least as fine,
+    for every standard deviation and every rule of :data:`mftrnn.theory.quadrature.RULES`, as the step an entire
+    integrand of Gaussian growth :math:`K` needs: :math:`h\le \pi\sqrt{2/((1+2Ks^2)\ln(1/\mathrm{tol}))}`
+    (:func:`gaussian_growth`). ``inf`` for :math:`K=0`. Large :math:`s`:
+    :math:`d\to\sqrt{\ln(1/\mathrm{tol})/K}/1.6`."""
+    if K <= 0:
+        return np.inf
+    return _growth_strip(round(float(K), 12))
+
+
+@functools.lru_cache(maxsize=None)
+def _growth_strip(K: float) -> float:
+    s = np.logspace(-3, 5, 4000)
     d = np.inf
+    for tol, h_gauss, _ in RULES.values():
+        L = np.log(1.0 / tol)
+        h_need = np.minimum(h_gauss, np.pi * np.sqrt(2.0 / ((1 + 2 * K * s**2) * L)))
+        # smaller root a of 2 pi a / (L + a^2/2) = h_need, then d = a s / STRIP_SAFETY
+        a = (2 * np.pi - np.sqrt(np.maximum(4 * np.pi**2 - 2 * h_need**2 * L, 0.0))) / h_need
+        d = min(d, float(np.min(np.where(h_need < h_gauss, a * s / STRIP_SAFETY, np.inf))))
+    return d
+
+
+def classify(body) -> dict:
+    r"""What the quadrature needs to know about an integrand: ``d`` (strip half-width for the trapezoid rule: poles
+    from :data:`~mftrnn.theory.gaussian.STRIP_HALF_WIDTH`, Gaussian growth of entire functions through
+    :func:`growth_strip`), ``kinks`` (the kink/jump functions of :data:`~mftrnn.theory.closed_forms.KINK_FUNCTIONS`
+    it contains, whose pieces are analytic), ``unknown`` (names of functions the library cannot classify: strip
+    0.5 assumed and checked) and ``singular`` (distributions such as DiracDelta, which no quadrature evaluates)."""
+    body = sp.sympify(body)
+    d, unknown, kinks, singular = np.inf, set(), [], set()
     for f in body.atoms(sp.Function):
         known = [w for cls, w in STRIP_HALF_WIDTH.items() if isinstance(f, cls)]
         if known:
             d = min(d, float(known[0]))
-        elif not isinstance(f, (sp.exp,)):
+        elif isinstance(f, KINK_FUNCTIONS):
+            kinks.append(f)
+        elif isinstance(f, sp.DiracDelta):
+            singular.add(type(f).__name__)
+        elif not isinstance(f, _ENTIRE):
+            unknown.add(type(f).__name__)
             d = min(d, _UNKNOWN_STRIP)
-    return d
+    d = min(d, growth_strip(gaussian_growth(body)))
+    return {"d": d, "kinks": kinks, "unknown": unknown, "singular": singular}
+
+
+def strip_half_width(body) -> float:
+    """Half-width of the strip of analyticity the trapezoid rule may use for an integrand (``inf``: entire with no
+    Gaussian growth); see :func:`classify`. Kinks do not count here: integrands with kinks are integrated piecewise
+    (:func:`kink_points`)."""
+    return classify(body)["d"]
+
+
+def kink_points(body, variable) -> list[float]:
+    """Values of ``variable`` at which the kink/jump functions of ``body`` switch (their argument vanishes): affine
+    arguments directly, others through ``sympy.solve`` when it returns all real roots in closed form; else (or for
+    an argument with two integration variables) :class:`~mftrnn.errors.DomainError`."""
+    pts = []
+    for f in classify(body)["kinks"]:
+        args = f.args[:1] if not isinstance(f, (sp.Max, sp.Min)) else [a - f.args[0] for a in f.args[1:]]
+        for u in args:
+            if variable not in u.free_symbols:
+                continue
+            if u.free_symbols != {variable}:
+                raise DomainError(f"cannot integrate {f}: its switching point must depend on one variable")
+            c = _linear_coefficients(u)
+            if c is not None and c[0].is_number:
+                pts.append(float(-u.subs(variable, 0) / c[0]))
+                continue
+            try:  # a non-affine argument: its real roots, if SymPy finds them all
+                roots = sp.solve(u, variable)
+            except NotImplementedError:
+                roots = None
+            if roots is None or not all(r.is_number for r in roots):
+                raise DomainError(f"cannot integrate {f}: the points where it switches are not known in closed form")
+            pts.extend(float(r) for r in roots if r.is_real)
+    return sorted(set(pts))
 
 
 def _sigmoid_pair(y):
@@ -113,6 +230,72 @@ def _lambdify_integrands(variables, bodies):
     return integrands
 
 
+class _Group:
+    r"""Expectations sharing one Gaussian (same moment expressions), evaluated together.
+
+    The integrands are classified once (:func:`classify`): analytic ones go to the trapezoid rule with the strip
+    of their least analytic factor; those with kinks (rectifier, step, ...) to the piecewise Gauss-Legendre rules;
+    a distribution (DiracDelta) is refused, and an integrand with a function the library cannot classify is
+    evaluated twice (strip 0.5 and 0.25) and refused if the two disagree by more than the rule's tolerance. Where the
+    means evaluate to zero and every integrand has a zero-mean closed form (:mod:`mftrnn.theory.closed_forms`:
+    arc-cosine and erf kernels), the closed form is used there instead of quadrature.
+    """
+
+    def __init__(self, kind, moments_fn, integrands, bodies, variables, syms):
+        self.kind, self.moments_fn, self.integrands, self.syms = kind, moments_fn, integrands, syms
+        self.bodies = bodies
+        info = [classify(b) for b in bodies]
+        self.d = min(i["d"] for i in info)
+        self.singular = set().union(*(i["singular"] for i in info))
+        self.unknown = set().union(*(i["unknown"] for i in info))
+        self.kinks = None
+        if any(i["kinks"] for i in info) and not self.singular:
+            self.kinks = [sorted({k for b in bodies for k in kink_points(b, v)}) for v in variables]
+        closed = [zero_mean_closed(b, EPS) if kind is E else zero_mean_closed2(b, EPS_A, EPS_B) for b in bodies]
+        self.closed = None
+        if all(c is not None for c in closed):
+            qsyms = closed[0][1] if kind is E2 else (closed[0][1],)
+            self.closed = sp.lambdify(qsyms, [c[0] for c in closed], modules=NUMPY_MODULES)
+
+    def evaluate(self, moments, rule):
+        n = moments[0].size
+        means = moments[:1] if self.kind is E else moments[:2]
+        variances = moments[1:2] if self.kind is E else moments[2:4]
+        zero = (np.logical_and.reduce([m == 0 for m in means] + [v > 0 for v in variances])
+                if self.closed is not None else np.zeros(n, bool))  # closed forms divide by sqrt(q)
+        out = [np.empty(n) for _ in self.bodies]
+        if zero.any():
+            qs = moments[1:] if self.kind is E else moments[2:]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                vals = self.closed(*(m[zero] for m in qs))
+            for o, v in zip(out, vals):
+                o[zero] = v
+        rest = ~zero
+        if rest.any():
+            for o, v in zip(out, self._numeric([m[rest] for m in moments], rule)):
+                o[rest] = v
+        return out
+
+    def _numeric(self, moments, rule):
+        if self.singular:
+            raise DomainError(f"no closed form for E[{self.bodies[0]}] and its integrand contains "
+                              f"{', '.join(sorted(self.singular))}, which no quadrature evaluates")
+        if self.kinks is not None:
+            if self.kind is E:
+                return expect_piecewise(self.integrands, moments[0], moments[1], self.kinks[0], rule)
+            return expect2_piecewise(self.integrands, *moments, *self.kinks, rule)
+        run = expect_numeric if self.kind is E else expect2_numeric
+        vals = run(self.integrands, *moments, self.d, rule)
+        if self.unknown:
+            finer = run(self.integrands, *moments, self.d / 2, rule)
+            err = max(float(np.max(np.abs(a - b) / (1 + np.abs(a)), initial=0.0)) for a, b in zip(finer, vals))
+            if not err <= PIECEWISE_TOL[rule]:
+                raise DomainError(f"E[{self.bodies[0]}]: {', '.join(sorted(self.unknown))} is not a function whose "
+                                  f"analyticity the quadrature knows; halving its step changed the result by {err:.1e}")
+            vals = finer
+        return vals
+
+
 class Compiled:
     """Numeric evaluator for a list of expressions in the given argument symbols.
 
@@ -148,13 +331,12 @@ class Compiled:
                     repl[n] = s
                     syms.append(s)
                 bodies = [n.args[0].expr for n in members]
-                d = min(strip_half_width(b) for b in bodies)
                 variables = [EPS] if kind is E else [EPS_A, EPS_B]
-                stage.append((kind, sp.lambdify(known, list(moments), modules=NUMPY_MODULES),
-                              _lambdify_integrands(variables, bodies), d, syms))
+                stage.append(_Group(kind, sp.lambdify(known, list(moments), modules=NUMPY_MODULES),
+                                    _lambdify_integrands(variables, bodies), bodies, variables, syms))
             self.stages.append(stage)
             remaining = [e.xreplace(repl) for e in remaining]
-            known += [s for *_, syms in stage for s in syms]
+            known += [s for g in stage for s in g.syms]
         self.known = known
         self.final = sp.lambdify(known, remaining, modules=NUMPY_MODULES)
         self.exprs = remaining
@@ -172,13 +354,9 @@ class Compiled:
         size = env[0].size if env else 1
         for stage in self.stages:
             new = []
-            for kind, moments_fn, integrands, d, syms in stage:
-                moments = [np.broadcast_to(np.asarray(m, float), (size,)) for m in moments_fn(*env)]
-                if kind is E:
-                    vals = expect_numeric(integrands, moments[0], moments[1], d, rule)
-                else:
-                    vals = expect2_numeric(integrands, *moments, d, rule)
-                new.extend(vals)
+            for group in stage:
+                moments = [np.broadcast_to(np.asarray(m, float), (size,)) for m in group.moments_fn(*env)]
+                new.extend(group.evaluate(moments, rule))
             env = env + new
         out = self.final(*env)
         return [np.broadcast_to(np.asarray(o, float), (size,)).reshape(shape) for o in out]

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 
 from ..errors import ConvergenceError, DomainError
-from .fixed_point import fixed_point
+from .fixed_point import fixed_point, unbounded
 
 __all__ = ["compute_grid", "plot_phase_diagram", "TEX", "tex", "CHUNK_POINTS", "MAX_GRID_POINTS"]
 
@@ -29,9 +29,12 @@ def _describe(params: dict) -> str:
 
 def compute_grid(cell: str, x_name: str, x: np.ndarray, y_name: str, y: np.ndarray, fixed: dict,
                  progress: bool = True) -> dict:
-    """Evaluate :func:`~mftrnn.fixed_point` on the grid (rows: ``y``, columns: ``x``) in row chunks.
+    r"""Evaluate :func:`~mftrnn.fixed_point` on the grid (rows: ``y``, columns: ``x``) in row chunks.
 
-    Returns arrays ``chi, xi, Q_star, q_star, chi_q`` of shape ``(len(y), len(x))``. A progress bar (stderr)
+    Returns arrays ``chi, xi, Q_star, q_star, chi_q`` of shape ``(len(y), len(x))``; where the variance map has no
+    finite fixed point (:func:`~mftrnn.theory.fixed_point.unbounded`: ReLU at :math:`\sigma_w^2\ge2` and
+    :math:`\mu_b=0`, linear at :math:`\sigma_w\ge1`) they are NaN and a boolean ``no_fixed_point`` array is added.
+    A progress bar (stderr)
     appears when the run takes more than 1.5 s. Raises :class:`~mftrnn.DomainError` for a grid of more than
     :data:`MAX_GRID_POINTS` points (before allocating the results).
     """
@@ -45,6 +48,7 @@ def compute_grid(cell: str, x_name: str, x: np.ndarray, y_name: str, y: np.ndarr
     if ny * nx > MAX_GRID_POINTS:
         raise DomainError(f"grid of {nx} x {ny} points is too large (at most {MAX_GRID_POINTS})")
     out = {k: np.empty((ny, nx)) for k in keys}
+    no_fp = np.zeros((ny, nx), bool)
     rows = max(1, CHUNK_POINTS // nx)
     with tqdm(total=ny * nx, unit="pt", unit_scale=True, delay=1.5, file=sys.stderr,
               disable=not progress, desc=f"{cell} {y_name} x {x_name}", leave=False) as bar:
@@ -54,20 +58,40 @@ def compute_grid(cell: str, x_name: str, x: np.ndarray, y_name: str, y: np.ndarr
             params = dict(fixed)
             params[x_name] = X
             params[y_name] = Y
-            fp = fixed_point(cell, **params)
-            for k in out:
-                out[k][r0:r1] = np.broadcast_to(np.asarray(getattr(fp, k), dtype=float), X.shape)
+            try:
+                fp = fixed_point(cell, **params)
+                for k in out:
+                    out[k][r0:r1] = np.broadcast_to(np.asarray(getattr(fp, k), dtype=float), X.shape)
+            except ConvergenceError:
+                if gated:
+                    raise
+                # some points have no finite fixed point (e.g. ReLU at sigma_w^2 >= 2): NaN there, the rest solved
+                none = np.broadcast_to(unbounded(cell, **params), X.shape)
+                if not none.any():
+                    raise
+                ok = ~none
+                if ok.any():
+                    sub = {k: (np.broadcast_to(v, X.shape)[ok] if np.ndim(v) else v) for k, v in params.items()}
+                    fp = fixed_point(cell, **sub)
+                for k in out:
+                    block = np.full(X.shape, np.nan)
+                    if ok.any():
+                        block[ok] = np.asarray(getattr(fp, k), dtype=float)
+                    out[k][r0:r1] = block
+                no_fp[r0:r1] = none
             bar.update((r1 - r0) * nx)
     for k in ("chi", "Q_star", "q_star", "chi_q"):
         if k not in out:
             continue
-        bad = ~np.isfinite(out[k])
+        bad = ~np.isfinite(out[k]) & ~no_fp
         if bad.any():
             i, j = np.argwhere(bad)[0]
             where = dict(fixed, **{x_name: float(x[j]), y_name: float(y[i])})
             raise ConvergenceError(f"{k} is not finite at {int(bad.sum())} grid point(s), e.g. {_describe(where)}")
-    if np.isnan(out["xi"]).any():
+    if np.isnan(out["xi"][~no_fp]).any():
         raise ConvergenceError("xi is nan at some grid points")
+    if no_fp.any():
+        out["no_fixed_point"] = no_fp
     return out
 
 
@@ -105,7 +129,8 @@ def plot_phase_diagram(data: dict, color: str = "xi", ax=None):
             norm = mcolors.LogNorm(vmin=1e-1, vmax=1e1)
         mesh = ax.pcolormesh(x, y, xi, cmap=cmap, norm=norm, shading="auto")
         cbar = fig.colorbar(mesh, ax=ax)
-        cbar.set_label(r"timescale $\xi = -1/\ln\chi$ (log scale; grey: $\chi \geq 1$)")
+        cbar.set_label(r"timescale $\xi = -1/\ln\chi$ (log scale; grey: $\chi \geq 1$"
+                       + (" or no fixed point)" if "no_fixed_point" in data else ")"))
     else:
         mesh = ax.pcolormesh(x, y, chi, cmap="magma", shading="auto")
         cbar = fig.colorbar(mesh, ax=ax)
@@ -115,6 +140,10 @@ def plot_phase_diagram(data: dict, color: str = "xi", ax=None):
         ax.clabel(cs, fmt={1.0: r"$\chi = 1$"}, inline=True, fontsize=9)
         ax.plot([], [], color="red", linewidth=1.5, label=r"$\chi = 1$ (order/chaos boundary)")
         ax.legend(loc="best", fontsize=8, framealpha=0.8)
+    elif "no_fixed_point" in data and np.any(data["no_fixed_point"]):
+        ax.text(0.02, 0.98, "grey: no finite fixed point (the map diverges)",
+                transform=ax.transAxes, va="top", ha="left", fontsize=8,
+                bbox={"facecolor": "white", "alpha": 0.7, "edgecolor": "none"})
     else:
         where = r"$\chi < 1$" if np.nanmax(chi) < 1.0 else r"$\chi \geq 1$"
         ax.text(0.02, 0.98, f"no $\\chi = 1$ line: {where} on the whole grid",

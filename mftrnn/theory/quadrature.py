@@ -23,6 +23,10 @@ Why not Gauss-Hermite: its error for the same analytic integrand decays like :ma
 slower than the trapezoid's :math:`\exp(-\pi a n/L)` once :math:`a` is small (large variances), and its nodes
 cannot be shared across buckets. Accuracy against mpmath is a tested property (``tests/test_quadrature.py``).
 
+Integrands with kinks or jumps (rectifier, step) are not analytic, and the trapezoid rule across a kink converges only
+algebraically; :func:`expect_piecewise` and :func:`expect2_piecewise` cut the window at the kinks and use
+Gauss-Legendre pieces with a doubling error estimate instead.
+
 Bivariate expectations use the factorisation :math:`e^a = \mu_a + s_a\xi_1`,
 :math:`e^b = \mu_b + s_b(c\,\xi_1 + \sqrt{1-c^2}\,\xi_2)` on a tensor grid of the same rule.
 """
@@ -32,7 +36,8 @@ import functools
 
 import numpy as np
 
-__all__ = ["nodes_for", "nodes_needed", "expect_numeric", "expect2_numeric", "RULES", "DTYPES", "TOL", "WINDOW"]
+__all__ = ["nodes_for", "nodes_needed", "expect_numeric", "expect2_numeric", "expect_piecewise", "expect2_piecewise",
+           "gaussian_rule", "RULES", "DTYPES", "TOL", "WINDOW", "PIECEWISE_TOL"]
 
 TOL = 1e-12
 WINDOW = 11.0
@@ -273,3 +278,152 @@ def _expect2_group(funcs, mu_a, mu_b, q_a, q_b, q_ab, d, rule, window, dtype):
     if out is None:
         out = [np.empty(0) for _ in funcs(np.zeros((1, 1, 1)), np.zeros((1, 1, 1)))]
     return out
+
+
+# --------------------------------------------------------------------------- piecewise-analytic integrands
+#: Gauss-Legendre nodes per piece to start from, and the most the doubling may reach, for integrands with kinks
+_GL_START = 48
+_GL_MAX = 768
+#: accepted estimated error (absolute, relative to 1 + |value|) of the piecewise rule, per rule name
+PIECEWISE_TOL = {"fine": 1e-10, "coarse": 1e-6, "sample": 1e-5}
+
+
+@functools.lru_cache(maxsize=None)
+def _gl(n: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.polynomial.legendre.leggauss(n)
+
+
+def _piece_rule(breaks: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    r"""Gauss-Legendre nodes and Gaussian weights :math:`\phi(\xi)\,d\xi` on the pieces between consecutive sorted
+    ``breaks`` (shape ``(..., P+2)``): returns ``(xi, w)`` of shape ``(..., (P+1) n)``."""
+    t, wt = _gl(n)
+    lo, hi = breaks[..., :-1, None], breaks[..., 1:, None]
+    half = 0.5 * (hi - lo)
+    xi = lo + half * (t + 1.0)
+    w = half * wt * np.exp(-0.5 * xi**2) / np.sqrt(2 * np.pi)
+    shape = breaks.shape[:-1] + (-1,)
+    return xi.reshape(shape), w.reshape(shape)
+
+
+def _breaks(kinks_xi: np.ndarray, window: float) -> np.ndarray:
+    """Sorted break points ``[-window, kinks clipped to the window..., window]`` along the last axis."""
+    k = np.clip(kinks_xi, -window, window)
+    ends = np.broadcast_to(np.array([-window, window]), k.shape[:-1] + (2,))
+    return np.sort(np.concatenate([ends[..., :1], k, ends[..., 1:]], axis=-1), axis=-1)
+
+
+def _doubling(evaluate, rule: str, what: str):
+    r"""Run ``evaluate(n)`` (a list of arrays) with n, 2n, ... Gauss-Legendre nodes per piece until two successive
+    results agree to :data:`PIECEWISE_TOL` (the error estimate of the coarser one, hence conservative for the finer
+    one, which is returned); raise :class:`~mftrnn.errors.DomainError` with the estimate if :data:`_GL_MAX` nodes per
+    piece do not get there."""
+    from ..errors import DomainError
+
+    tol = PIECEWISE_TOL[rule]
+    n = _GL_START
+    prev = evaluate(n)
+    while True:
+        n *= 2
+        cur = evaluate(n)
+        err = max((float(np.max(np.abs(c - p) / (1 + np.abs(c)), initial=0.0)) for c, p in zip(cur, prev)),
+                  default=0.0)
+        if err <= tol:
+            return cur
+        if n >= _GL_MAX or not np.isfinite(err):
+            raise DomainError(f"{what}: the piecewise Gauss-Legendre rule did not converge (estimated error {err:.1e} "
+                              f"> {tol:.0e} with {n} nodes per piece)")
+        prev = cur
+
+
+def expect_piecewise(funcs, mu, q, kinks, rule: str = "fine") -> list[np.ndarray]:
+    r""":math:`\mathbb E[f_k(\mu+\sqrt q\,\xi)]` for integrands that are analytic except at the fixed points
+    ``kinks`` (values of :math:`e` where a rectifier, step, absolute value... switches).
+
+    The trapezoid rule converges geometrically only for analytic integrands; across a kink its error is algebraic
+    (:math:`O(h^2)`, a jump :math:`O(h)`). Here the window :math:`|\xi|\le L` is cut at the kinks
+    :math:`\xi_k=(k-\mu)/\sqrt q` and each piece gets a Gauss-Legendre rule, which converges geometrically for the
+    analytic pieces; the node count doubles until two rules agree to :data:`PIECEWISE_TOL` (else
+    :class:`~mftrnn.errors.DomainError`). Points with :math:`q=0` get :math:`f(\mu)`.
+    """
+    mu, q = np.broadcast_arrays(np.asarray(mu, float), np.asarray(q, float))
+    mu, q = mu.ravel(), q.ravel()
+    s = np.sqrt(q)
+    kinks = np.asarray(kinks, float).ravel()
+    window = WINDOW  # the fine rule's window for every rule: the pieces' node counts adapt, the window does not
+    with np.errstate(divide="ignore", invalid="ignore"):
+        kx = np.where(s[:, None] > 0, (kinks[None, :] - mu[:, None]) / np.where(s > 0, s, 1.0)[:, None], 0.0)
+    brk = _breaks(kx, window)
+
+    def evaluate(n):
+        xi, w = _piece_rule(brk, n)
+        vals = funcs(mu[:, None] + s[:, None] * xi)
+        return [np.sum(np.broadcast_to(v, xi.shape) * w, axis=-1) for v in vals]
+
+    return _doubling(evaluate, rule, "Gaussian expectation of a piecewise integrand")
+
+
+def expect2_piecewise(funcs, mu_a, mu_b, q_a, q_b, q_ab, kinks_a, kinks_b, rule: str = "fine") -> list[np.ndarray]:
+    r"""Bivariate :math:`\mathbb E[F_k(e^a,e^b)]` for integrands analytic except where :math:`e^a` or :math:`e^b`
+    crosses one of the fixed values ``kinks_a`` / ``kinks_b``.
+
+    With :math:`e^a=\mu_a+s_a\xi_1`, :math:`e^b=\mu_b+s_b(c\xi_1+\sqrt{1-c^2}\,\xi_2)`: the outer variable
+    :math:`\xi_1` is cut at the kinks of :math:`e^a` and at :math:`(k_b-\mu_b)/(s_b c)` (where the kink line of
+    :math:`e^b` crosses the centre of the inner Gaussian: as :math:`|c|\to1` the inner integral itself turns into a
+    kink there); the inner :math:`\xi_2` is cut, node by node, exactly where :math:`e^b` crosses its kinks. Each
+    piece gets a Gauss-Legendre rule, doubled until converged (:func:`expect_piecewise`).
+    """
+    arrs = np.broadcast_arrays(*(np.asarray(v, float) for v in (mu_a, mu_b, q_a, q_b, q_ab)))
+    mu_a, mu_b, q_a, q_b, q_ab = (v.ravel() for v in arrs)
+    s_a, s_b = np.sqrt(q_a), np.sqrt(q_b)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        c = np.where(s_a * s_b > 0, q_ab / np.where(s_a * s_b > 0, s_a * s_b, 1.0), 0.0)
+    c = np.clip(c, -1.0, 1.0)
+    sc = np.sqrt(1 - c**2)
+    ka = np.asarray(kinks_a, float).ravel()
+    kb = np.asarray(kinks_b, float).ravel()
+    window = WINDOW
+
+    def safe_div(num, den):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(den != 0, num / np.where(den != 0, den, 1.0), 2 * window)
+
+    zb = safe_div(kb[None, :] - mu_b[:, None], s_b[:, None])  # kink of e^b in units of s_b
+    outer = np.concatenate([safe_div(ka[None, :] - mu_a[:, None], s_a[:, None]), safe_div(zb, c[:, None])], axis=1)
+    brk1 = _breaks(outer, window)
+
+    def evaluate(n):
+        x1, w1 = _piece_rule(brk1, n)  # (P, N1)
+        inner = safe_div(zb[:, None, :] - c[:, None, None] * x1[:, :, None], sc[:, None, None])  # (P, N1, Kb)
+        x2, w2 = _piece_rule(_breaks(inner, window), n)  # (P, N1, N2)
+        res = None
+        step = max(1, 4 * _CHUNK // (x1.shape[1] * x2.shape[2]))
+        for start in range(0, len(mu_a), step):
+            sl = slice(start, start + step)
+            xa = mu_a[sl, None, None] + s_a[sl, None, None] * x1[sl, :, None]
+            xb = mu_b[sl, None, None] + s_b[sl, None, None] * (c[sl, None, None] * x1[sl, :, None]
+                                                                 + sc[sl, None, None] * x2[sl])
+            vals = funcs(xa, xb)
+            if res is None:
+                res = [np.empty(len(mu_a)) for _ in vals]
+            for r, v in zip(res, vals):
+                r[sl] = np.einsum("pij,pij,pi->p", np.broadcast_to(v, x2[sl].shape), w2[sl], w1[sl])
+        return res if res is not None else [np.empty(0)]
+
+    return _doubling(evaluate, rule, "bivariate Gaussian expectation of a piecewise integrand")
+
+
+def gaussian_rule(mu: float, q: float, d: float, kinks=()) -> tuple[np.ndarray, np.ndarray]:
+    r"""Nodes :math:`e_j` and weights :math:`w_j` (summing to 1) of a rule for
+    :math:`\mathbb E_{e\sim\mathcal N(\mu,q)}` at one point: the trapezoid rule of :func:`nodes_for` for an analytic
+    integrand (strip half-width ``d``), or, when the integrand switches at the values ``kinks`` of :math:`e`,
+    Gauss-Legendre pieces cut there
+    (:data:`_GL_MAX` nodes per piece). Weights below 1e-15 of the largest are dropped."""
+    s = float(np.sqrt(q))
+    if len(kinks) and s > 0:
+        brk = _breaks((np.asarray(kinks, float) - mu) / s, WINDOW)
+        xi, w = _piece_rule(brk, _GL_MAX // 2)
+    else:
+        xi, w = _rule(int(nodes_for(np.array([s]), d)[0]), WINDOW)
+    keep = w > 1e-15 * w.max()
+    xi, w = xi[keep], w[keep]
+    return mu + s * xi, w / w.sum()

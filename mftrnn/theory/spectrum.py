@@ -134,6 +134,11 @@ def step_law(cell, *, orthogonal: bool = False, **hyperparameters) -> FreeProduc
     if not s > 0:
         raise DomainError("the spectrum needs sigma_w > 0 (with sigma_w = 0 the Jacobian is diagonal)")
     if not np.any(law.a):
+        p0 = float(np.sum(law.weight[law.b == 0]))
+        if p0 > 1e-12:  # e.g. ReLU: b = Theta(e) is 0 with probability Phi(-mu_b/sqrt(q*))
+            raise DomainError(f"{fp.cell}: the law of b^2 = phi'(e)^2 has an atom at 0 (mass {p0:.4g}); the spectral "
+                              f"density of a product with a zero atom is not computed (the mean chi^T and the "
+                              f"variance, mftrnn spectrum without --out, are)")
         fine = _fine_diagonal_law(cell, dict(fp.params), fp) if orthogonal else None
         D = DiagonalLaw(law.b ** 2, law.weight) if fine is None else DiagonalLaw(fine)
         W = PointMass(s) if orthogonal else MarchenkoPastur(s)
