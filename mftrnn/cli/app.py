@@ -162,8 +162,18 @@ def _build_parser(full_lm: bool = False) -> argparse.ArgumentParser:
     _add_longseq_parser(sub)
     from .sweep import add_parser as _add_sweep_parser
     _add_sweep_parser(sub)
+    _add_seizure_parser(sub)
     _accept_negative_numbers(parser)
     return parser
+
+
+def _add_seizure_parser(sub) -> None:
+    """``mftrnn seizure``: listed here for ``mftrnn --help``; its options are those of
+    :func:`mftrnn.experiments.seizure.add_arguments`, parsed there (``main`` forwards the command line, so that torch
+    loads only when the command runs)."""
+    sub.add_parser("seizure", add_help=False,
+                   help="ConvGRU/ConvLSTM on a generated seizure-like detection task: default vs critical init "
+                        "(mftrnn seizure --help)")
 
 
 def comma_list(text: str | None, option: str, cast=str) -> tuple | None:
@@ -923,6 +933,9 @@ def _one_line(exc: BaseException) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``mftrnn`` console script; returns the exit status."""
     argv_list = sys.argv[1:] if argv is None else list(argv)
+    if argv_list[:1] == ["seizure"]:
+        from ..experiments import seizure
+        return seizure.main(argv_list[1:], prog="mftrnn seizure")
     parser = _build_parser(full_lm=argv_list[:1] == ["lm"])
     args = parser.parse_args(argv_list)
     try:

@@ -474,11 +474,8 @@ def step_seconds(config: SeizureConfig, repeats: int = 3) -> float:
     return best
 
 
-def main(argv=None) -> int:
-    """``python -m mftrnn.experiments.seizure --out DIR --seeds 0 1 ...`` (module docstring); errors in one line."""
-    p = argparse.ArgumentParser(prog="python -m mftrnn.experiments.seizure",
-                                description="ConvGRU/ConvLSTM on a seizure-like detection task: default versus "
-                                            "critical initialisation")
+def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The options of a sweep of this experiment (``mftrnn seizure`` and ``python -m mftrnn.experiments.seizure``)."""
     p.add_argument("--out", required=True, help="existing folder for the result files")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--cells", nargs="+", default=["gru", "lstm"])
@@ -490,16 +487,31 @@ def main(argv=None) -> int:
     p.add_argument("--checkpoint-every", default="60s")
     p.add_argument("--require-clean", action="store_true")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    args = p.parse_args(argv)
+    return p
+
+
+def run_from_args(args: argparse.Namespace, command: str) -> None:
+    """Run the sweep that parsed ``args`` describe; ``command`` is recorded in every result's provenance."""
+    torch.set_num_threads(_int("--threads", args.threads, 1))
+    run(args.out, seeds=args.seeds, cell_names=args.cells, inits=args.inits, T=args.T, device=args.device,
+        steps=args.steps, channels=args.channels, checkpoint_every=args.checkpoint_every,
+        require_clean=args.require_clean, command=command)
+
+
+def main(argv=None, prog: str = "python -m mftrnn.experiments.seizure") -> int:
+    """``mftrnn seizure --out DIR --seeds 0 1 ...`` (or ``python -m mftrnn.experiments.seizure ...``; module
+    docstring); errors in one line."""
+    p = argparse.ArgumentParser(prog=prog, description="ConvGRU/ConvLSTM on a generated seizure-like detection task "
+                                                       "(one rare burst early in T steps of noise, label read at the "
+                                                       "end): default versus critical initialisation; one JSON result "
+                                                       "with provenance per (cell, init, seed) in --out; reruns "
+                                                       "resume from checkpoints and skip finished runs")
+    args = add_arguments(p).parse_args(argv)
     try:
-        torch.set_num_threads(_int("--threads", args.threads, 1))
-        run(args.out, seeds=args.seeds, cell_names=args.cells, inits=args.inits, T=args.T, device=args.device,
-            steps=args.steps, channels=args.channels, checkpoint_every=args.checkpoint_every,
-            require_clean=args.require_clean,
-            command=shlex.join(["python", "-m", "mftrnn.experiments.seizure"] + list(sys.argv[1:] if argv is None
-                                                                                     else argv)))
+        run_from_args(args, shlex.join(prog.split() + list(sys.argv[1:] if argv is None else argv)))
     except MftrnnError as exc:
-        print(f"error: {one_line(exc)}", file=sys.stderr)
+        prefix = "mftrnn: error" if prog.startswith("mftrnn") else "error"
+        print(f"{prefix}: {one_line(exc)}", file=sys.stderr)
         return 1
     return 0
 
