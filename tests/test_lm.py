@@ -253,6 +253,24 @@ def test_resume_reproduces_uninterrupted_run(tmp_path, cell):
     assert again == res
 
 
+def test_evaluate_checkpoint(tmp_path):
+    """A kept checkpoint re-evaluates to the result's test loss exactly with the run's streams; one stream (the
+    published protocol) gives another, close, value; bad input is refused."""
+    torch.set_num_threads(1)
+    cfg = toy_config("lstm", epochs=2)
+    ck = tmp_path / "run.ckpt"
+    res = lm.train(cfg, corpus=TOY, checkpoint=ck, keep_checkpoint=True, progress=False, log=None)
+    again = lm.evaluate_checkpoint(ck, corpus=TOY)
+    assert again["eval_batch_size"] == cfg.eval_batch_size and again["epoch"] == res["best_epoch"]
+    assert again["loss"] == pytest.approx(res["test_loss"], rel=1e-12)
+    one = lm.evaluate_checkpoint(ck, eval_batch_size=1, corpus=TOY)
+    assert one["loss"] != again["loss"] and one["loss"] == pytest.approx(again["loss"], rel=0.05)
+    with pytest.raises(mftrnn.MftrnnError, match="split must be one of"):
+        lm.evaluate_checkpoint(ck, split="dev", corpus=TOY)
+    with pytest.raises(mftrnn.MftrnnError, match="eval_batch_size must be"):
+        lm.evaluate_checkpoint(ck, eval_batch_size=0, corpus=TOY)
+
+
 def test_result_file_provenance_and_mismatch(tmp_path):
     out = tmp_path / "r.json"
     cfg = toy_config("gru", epochs=1, max_batches=10)

@@ -123,6 +123,7 @@ __all__ = [
     "load_lm_corpus",
     "restrict_vocab",
     "unigram_perplexity",
+    "evaluate_checkpoint",
     "count_parameters",
     "match_hidden_size",
     "build_model",
@@ -626,6 +627,33 @@ def evaluate(model: LanguageModel, data: torch.Tensor, bptt: int) -> float:
     if count == 0:
         raise DataError("evaluation split is too short for one prediction")
     return total / count
+
+
+def evaluate_checkpoint(checkpoint: str | os.PathLike, split: str = "test", eval_batch_size: int | None = None,
+                        data_dir: str | os.PathLike | None = None, best: bool = True,
+                        corpus: Corpus | None = None) -> dict:
+    r"""Perplexity on ``split`` of the parameters in a run's checkpoint (kept with ``--keep-checkpoint``, or taken
+    during a run): those with the best validation loss (``best=True``, what the result's ``test_ppl`` reports)
+    or the last ones, read as ``eval_batch_size`` parallel streams (default: the run's; ``1`` reads the split as
+    one stream, as Zaremba et al. evaluate, so that the state restarts from zero once instead of
+    ``eval_batch_size`` times). The checkpoint is verified (:func:`~mftrnn.experiments.harness.load_checkpoint`);
+    the corpus is the run's (``corpus`` overrides it, as ``train``'s does). Returns ``split``, ``eval_batch_size``, ``loss`` (nats per token), ``ppl``, ``epoch`` (of the parameters)."""
+    ck = load_checkpoint(checkpoint, required=_CHECKPOINT_KEYS)
+    config = LMConfig.from_dict(ck["config"])
+    if split not in SPLITS:
+        raise MftrnnError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    b = config.eval_batch_size if eval_batch_size is None else int(eval_batch_size)
+    if b < 1:
+        raise MftrnnError(f"eval_batch_size must be >= 1, got {eval_batch_size!r}")
+    if best and ck["best_state"] is None:
+        raise MftrnnError(f"checkpoint {checkpoint} holds no validated parameters yet (no epoch finished)")
+    if corpus is None:
+        corpus = load_lm_corpus(config.corpus, data_dir=data_dir, max_vocab=config.max_vocab)
+    model = build_model(config, len(corpus.vocab))
+    model.load_state_dict(ck["best_state"] if best else ck["model"])
+    loss = evaluate(model, batchify(getattr(corpus, split), b), config.bptt)
+    return dict(split=split, eval_batch_size=b, loss=loss, ppl=math.exp(loss),
+                epoch=(ck["best_epoch"] if best else ck["epoch"]))
 
 
 def learning_rate(config: LMConfig, epoch: int, current: float | None = None, valid_loss: float | None = None,
