@@ -219,6 +219,24 @@ BAD = {
         ["sweep", "--summary", "{tmp}/missing.sqlite"],
         ["sweep", "--preset", "tiny", "--out", "{tmp}/t.sqlite", "--bogus"],
     ],
+    "seizure": [
+        ["seizure"],
+        ["seizure", "--bogus"],
+        ["seizure", "--out", "/nonexistent/folder"],
+        ["seizure", "--out", "{file}"],
+        ["seizure", "--out", "{tmp}", "--T", "0"],
+        ["seizure", "--out", "{tmp}", "--T", "abc"],
+        ["seizure", "--out", "{tmp}", "--T", "-5"],
+        ["seizure", "--out", "{tmp}", "--steps", "0"],
+        ["seizure", "--out", "{tmp}", "--channels", "0"],
+        ["seizure", "--out", "{tmp}", "--cells", "transformer"],
+        ["seizure", "--out", "{tmp}", "--inits", "chrono"],
+        ["seizure", "--out", "{tmp}", "--seeds", "a"],
+        ["seizure", "--out", "{tmp}", "--seeds", "-1"],
+        ["seizure", "--out", "{tmp}", "--device", "tpu"],
+        ["seizure", "--out", "{tmp}", "--threads", "0"],
+        ["seizure", "--out", "{tmp}", "--threads", "x"],
+    ],
     "top": [
         [],
         ["nonsense"],
@@ -308,6 +326,9 @@ def no_training(monkeypatch):
         monkeypatch.setattr(longseq, name, _stop)
     from mftrnn.experiments import sweep
     monkeypatch.setattr(sweep, "run_sweep", _stop)
+    from mftrnn.experiments import seizure
+    for name in ("train", "step_seconds"):
+        monkeypatch.setattr(seizure, name, _stop)
     monkeypatch.delenv("MFTRNN_DEBUG", raising=False)
 
 
