@@ -719,7 +719,12 @@ def _least_root(F, lo, hi, what, n_scan=24, F_scan=None, start=None):
     if g_lo <= tiny:
         d = 1e-9 * (hi - lo)
         if F(lo + d) - (lo + d) <= 0:
-            return lo, False
+            if g_lo <= 0:
+                return lo, False
+            # a tiny but positive F(lo) - lo (inputs and biases of variance ~1e-30, say): the root lies in
+            # (lo, lo + d]; solve for it to relative accuracy instead of calling lo a root, which would break
+            # the bound M*^2 <= Q*
+            return brentq(lambda x: F(x) - x, lo, lo + d, xtol=1e-300, rtol=1e-15, maxiter=400), False
         floor = lo + d
     xs = np.concatenate([[lo], lo + (hi - lo) * np.geomspace(1e-6, 1, n_scan)])
     gs = np.array([(F_scan or F)(x) - x for x in xs[1:]])
