@@ -398,9 +398,11 @@ def _step_moments(fp: FixedPoint, orthogonal: bool, samples: int, seed: int) -> 
 
 
 # --------------------------------------------------------------------------- T steps: the mean, exactly
-def _log_power_apply(Z: np.ndarray, v: np.ndarray, T: int) -> tuple[np.ndarray, float]:
+def _log_power_apply(Z: np.ndarray, v: np.ndarray, T: int, sync: int | None = None) -> tuple[np.ndarray, float]:
     r""":math:`Z^Tv` as ``(u, log_scale)`` with :math:`Z^Tv = e^{\text{log\_scale}}u` (binary powering; each factor
-    renormalised, so nothing under- or overflows)."""
+    renormalised, so nothing under- or overflows). ``sync = n``: for the matrix of :func:`_block_matrix`, keep its
+    two equal diagonal blocks (``[:n, :n]`` and ``[2n:, 2n:]``) bitwise equal in every power, so that rounding
+    gives both the same growth."""
     u, log_u = v.astype(float).copy(), 0.0
     P, log_P = Z.astype(float).copy(), 0.0
     t = int(T)
@@ -414,6 +416,8 @@ def _log_power_apply(Z: np.ndarray, v: np.ndarray, T: int) -> tuple[np.ndarray, 
         t >>= 1
         if t:
             P = P @ P
+            if sync is not None:
+                P[2 * sync:, 2 * sync:] = P[:sync, :sync]
             nP = np.max(np.abs(P))
             if nP == 0:
                 P, log_P = P, -np.inf
@@ -599,30 +603,6 @@ def _block_matrix(bm: _BlockMoments, s: np.ndarray, kappa: float, exact_diagonal
     return Z
 
 
-def _log_power_apply_synced(Z: np.ndarray, v: np.ndarray, T: int, n: int) -> tuple[np.ndarray, float]:
-    """:func:`_log_power_apply` for the matrix of :func:`_block_matrix`, keeping its two equal diagonal blocks
-    (``[:n, :n]`` and ``[2n:, 2n:]``) bitwise equal in every power, so that rounding gives both the same growth."""
-    u, log_u = v.astype(float).copy(), 0.0
-    P, log_P = Z.astype(float).copy(), 0.0
-    t = int(T)
-    while t:
-        if t & 1:
-            u = P @ u
-            nu = np.max(np.abs(u))
-            if nu == 0:
-                return u, -np.inf
-            u, log_u = u / nu, log_u + log_P + math.log(nu)
-        t >>= 1
-        if t:
-            P = P @ P
-            P[2 * n:, 2 * n:] = P[:n, :n]
-            nP = np.max(np.abs(P))
-            if nP == 0:
-                return np.zeros_like(u), -np.inf
-            P, log_P = P / nP, 2 * log_P + math.log(nP)
-    return u, log_u
-
-
 def _block_relative_variance(bm: _BlockMoments, s: np.ndarray, kappa: float, T: int) -> tuple:
     r"""``(relative_variance, log_mean)`` of the :math:`T`-step product for coefficients drawn afresh at every step
     (module docstring, **T steps**): :math:`v_T = Z^Tv_0` for the matrix :math:`Z` of :func:`_block_map` from
@@ -641,7 +621,7 @@ def _block_relative_variance(bm: _BlockMoments, s: np.ndarray, kappa: float, T: 
         raise DomainError("the T-step Jacobian vanishes (mean squared singular value 0); its spectrum is the point 0 "
                           "and has no relative spread")
     log_mean = log_phi + math.log(trace / S)
-    u, log_u = _log_power_apply_synced(_block_matrix(bm, s, kappa), v0, T, n)
+    u, log_u = _log_power_apply(_block_matrix(bm, s, kappa), v0, T, sync=n)
     pp = float(np.einsum("aacc->", u[:n].reshape((S,) * 4)))  # (S m1)^2, in the scale of u
     mm = float(np.einsum("aacc->", u[2 * n:].reshape((S,) * 4)))  # S m2 = sum_ac M[a,a,c,c]
     with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
