@@ -1,6 +1,10 @@
 """One run harness for the experiments: provenance (device, git state, versions, UTC dates), atomic JSON results
-and verified checkpoints, output checks and locks, shared by :mod:`mftrnn.experiments.lm` and
-:mod:`mftrnn.experiments.seqdigits` (they use it instead of copies of their own).
+and verified checkpoints, output checks and locks, shared by :mod:`mftrnn.experiments.lm` and the training
+experiments (they use it instead of copies of their own).  :class:`TrainingRun` keeps the bookkeeping of a
+resumable run of a fixed number of optimizer steps (:mod:`~mftrnn.experiments.seqdigits`,
+:mod:`~mftrnn.experiments.longseq`, :mod:`~mftrnn.experiments.seizure`): an existing result, the checkpoint's
+verification and resumption, the sessions and their commits, the wall and CPU clocks, the due checkpoints, the
+provenance, the final result.
 
 Run safety, in the order a run meets it:
 
@@ -32,24 +36,28 @@ import math
 import os
 import platform
 import re
+import shlex
 import socket
 import subprocess
+import sys
 import threading
+import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
 
-from ..errors import DataError, MftrnnError
+from ..errors import ConvergenceError, DataError, DomainError, MftrnnError
 from .._io import atomic_write
 
 __all__ = ["device_name", "git_state", "utc_now", "provenance", "write_json_atomic", "save_checkpoint",
            "load_checkpoint", "content_digest", "resolve_device", "check_output", "RunLock", "clean_stale_temps",
            "CheckpointEvery", "parse_checkpoint_every", "check_checkpoint_every_s", "checkpoint_cadence",
-           "INTEGRITY_KEY", "default_checkpoint_path", "load_result_files", "jsonable", "one_line"]
+           "INTEGRITY_KEY", "default_checkpoint_path", "load_result_files", "jsonable", "one_line", "run_files",
+           "refuse_unclean", "recorded_command", "RUN_CHECKPOINT_KEYS", "check_position", "TrainingRun"]
 
 
 def device_name(device) -> str:
@@ -538,3 +546,277 @@ def jsonable(obj):
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
     return str(obj)
+
+
+# --------------------------------------------------------------------------------------------------------
+# The bookkeeping of one resumable training run
+# --------------------------------------------------------------------------------------------------------
+
+def run_files(out, checkpoint=None) -> tuple[Path, Path]:
+    """The result file ``out`` and its checkpoint (``checkpoint``, default :func:`default_checkpoint_path`), both
+    checked by :func:`check_output` before any work; ``out`` must end in ``.json`` (:class:`~mftrnn.DomainError`
+    otherwise)."""
+    out = Path(out)
+    if out.suffix != ".json":
+        raise DomainError(f"result file {str(out)!r} must end in .json (--out)")
+    check_output(out, "result file", "--out")
+    ckpt = Path(checkpoint) if checkpoint is not None else default_checkpoint_path(out)
+    check_output(ckpt, "checkpoint", "checkpoint file")
+    return out, ckpt
+
+
+def refuse_unclean(git: dict, require_clean: bool) -> None:
+    """``--require-clean``: :class:`~mftrnn.MftrnnError` unless ``git`` (:func:`git_state`) is a checkout without
+    uncommitted changes to tracked files; nothing when ``require_clean`` is false."""
+    if require_clean and (git["commit"] is None or git["dirty"]):
+        where = "not a git checkout" if git["commit"] is None else \
+            f"the checkout at {git['commit'][:12]} has uncommitted changes to tracked files"
+        raise MftrnnError(f"--require-clean: {where}; commit them first (results to be committed come from a "
+                          f"clean commit)")
+
+
+def recorded_command(command: str | None = None) -> str:
+    """``command``, or this process's command line (program name and arguments) when it is ``None``."""
+    return command if command is not None else shlex.join([Path(sys.argv[0]).name] + sys.argv[1:])
+
+
+RUN_CHECKPOINT_KEYS = ("config", "step", "curve", "elapsed_s", "run_sum", "run_n", "sessions", "started")
+"""The keys of a checkpoint that :class:`TrainingRun` writes and requires (with ``"commits"`` when it records the
+sessions' commits); it writes ``"cpu_time_s"`` too, optional (checkpoints made before it existed lack it)."""
+
+
+def check_position(st: dict, steps: int, eval_every: int, damaged: Callable[[str], MftrnnError],
+                   commits: bool = False) -> None:
+    """Refuse (``damaged(reason)``) a checkpoint whose step lies outside a run of ``steps`` steps, whose curve
+    (one evaluation at step 0 and every ``eval_every`` steps) does not match its step, or (``commits``) whose record
+    of the sessions' commits is not a list of dicts."""
+    step, curve = st["step"], st["curve"]
+    if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step < steps:
+        raise damaged(f"step {step!r} lies outside this run of {steps} steps")
+    expected = 1 + step // eval_every
+    if (not isinstance(curve, list) or len(curve) != expected or not all(isinstance(p, dict) for p in curve)
+            or curve[-1].get("step") != (step // eval_every) * eval_every):
+        raise damaged(f"at step {step} the curve must hold {expected} evaluation(s), it holds "
+                      f"{len(curve) if isinstance(curve, list) else '?'}")
+    if commits and (not isinstance(st.get("commits"), list) or not all(isinstance(c, dict) for c in st["commits"])):
+        raise damaged("malformed session record")
+    cpu = st.get("cpu_time_s")
+    if cpu is not None and (isinstance(cpu, bool) or not isinstance(cpu, (int, float)) or not math.isfinite(cpu)
+                            or cpu < 0):
+        raise damaged(f"cpu_time_s {cpu!r} is not a number of seconds >= 0")
+
+
+class TrainingRun:
+    r"""The bookkeeping of one resumable training run of ``config.steps`` optimizer steps, evaluated at step 0 and
+    every ``config.eval_every`` steps, that writes one JSON result ``out`` and checkpoints to ``ckpt`` (both from
+    :func:`run_files`); the experiment keeps its task, model, optimiser, loss, evaluation and result fields.
+
+    ``config`` has ``to_dict()``, ``label()``, ``steps`` and ``eval_every``.  ``git``: the :func:`git_state` of the
+    checkout at the start, recorded for every session (checkpoint key ``"commits"``, provenance
+    ``session_commits``); ``None``: commits are not recorded.  ``require_clean``: a checkpoint made at another commit
+    is refused (:func:`refuse_unclean` refuses the checkout itself, before the lock).  ``save`` writes a checkpoint
+    (:func:`save_checkpoint`; an experiment passes its own module's name so that a test can stand in for it).
+
+    The run's position and clocks (attributes):
+
+    * ``step``, ``curve`` (the evaluations, dicts with ``"step"``), ``run_sum``/``run_n`` (the training loss summed
+      since the last evaluation: :meth:`add_loss`, :meth:`train_loss`);
+    * ``sessions`` (processes the run took), ``started`` (UTC, at the first :meth:`start`), ``commits`` (one dict
+      per session);
+    * the wall time :meth:`wall` and the process CPU time :meth:`cpu_time`, summed over sessions up to their last
+      checkpoint (work lost to an interruption is not counted):
+
+      .. math:: t_\text{wall} = \sum_{s<S} t_s + (\text{now} - t_0), \qquad
+                t_\text{cpu} = \sum_{s<S} c_s + (c_\text{now} - c_0),
+
+      :math:`t_0, c_0` read when this session starts (:meth:`start`), :math:`c` being :func:`time.process_time`
+      (user and system time of every thread of the process; GPU kernels are not counted).  So
+      :math:`t_\text{cpu} \le n_\text{threads}\, t_\text{wall}`, and for a CPU run a :math:`t_\text{cpu}` well
+      below that says the run waited for the processor (a shared machine) rather than computed.  A checkpoint
+      without the CPU time (made before it was recorded) makes it unknown: ``None``, never a partial sum.
+
+    In order: :meth:`lock` (``with``), :meth:`existing_result`, build the model, :meth:`resume`, :meth:`start`, then
+    in the loop :meth:`interrupt`, :meth:`add_loss`, :meth:`train_loss`, :meth:`maybe_checkpoint`; at the end
+    :meth:`provenance` and :meth:`finish` (or :meth:`diverge`).
+    """
+
+    def __init__(self, config, out: Path, ckpt: Path, *, git: dict | None = None, require_clean: bool = False,
+                 command: str | None = None, log: Callable[[str], None] | None = None,
+                 save: Callable[[Path, dict], None] = save_checkpoint):
+        self.config, self.config_dict = config, config.to_dict()
+        self.out, self.ckpt = Path(out), Path(ckpt)
+        self.git, self.require_clean = git, require_clean
+        self.command = recorded_command(command)
+        self.log = log or (lambda s: None)
+        self._save = save
+        self.restart = f"delete {self.ckpt} to restart the run from step 0"
+        self.step, self.curve, self.run_sum, self.run_n = 0, [], 0.0, 0
+        self.sessions, self.started, self.commits = 0, None, []
+        self.elapsed, self.cpu_before = 0.0, 0.0
+        self._states: Callable[[], dict] | None = None
+        self._t0 = self._c0 = self._last = None
+
+    # ------------------------------------------------------------------ before training
+    def lock(self) -> RunLock:
+        """The :class:`RunLock` on the result file and the checkpoint."""
+        return RunLock([self.out, self.ckpt], output=self.out, command=self.command)
+
+    def existing_result(self, load_results: Callable[[list], list], force: bool) -> dict | None:
+        """The finished result of this configuration in ``out`` (read by ``load_results``), to return as it is;
+        ``None`` when there is none or ``force``.  A recorded divergence raises its
+        :class:`~mftrnn.ConvergenceError` again; another configuration, or a file that is not a result, is an
+        error (``force`` replaces it)."""
+        out = self.out
+        if force or not out.exists():
+            return None
+        try:
+            existing = load_results([out])[0]
+        except DataError as exc:
+            raise DataError(f"{one_line(exc)}; pass --force (force=True) to replace it, or choose another --out") \
+                from None
+        if existing.get("config") != self.config_dict:
+            raise MftrnnError(f"{out} holds a run with a different configuration; choose another output (--out) "
+                              f"or pass --force (force=True) to replace it")
+        if existing.get("status") == "diverged":
+            d = existing.get("diverged") or {}
+            raise ConvergenceError(f"{self.config.label()}: training diverged at step {d.get('step')}: "
+                                   f"{d.get('message', 'see the file')} [recorded in {out}; nothing redone; "
+                                   f"--force (force=True) runs it again]")
+        self.log(f"{out}: already done ({existing.get('status')}), not rerun")
+        return existing
+
+    @property
+    def resuming(self) -> bool:
+        """Whether a checkpoint is there to resume (the experiment may then skip an expensive initialisation)."""
+        return self.ckpt.exists()
+
+    def resume(self, required: Iterable[str], load: Callable[[dict], None]) -> dict | None:
+        """Resume from the checkpoint if there is one; return its state (``None`` without one).
+
+        The checkpoint is verified (:func:`load_checkpoint`: the :data:`RUN_CHECKPOINT_KEYS` and ``required``),
+        must hold this configuration, a position inside the run (:func:`check_position`) and, under
+        ``require_clean``, only sessions at this commit.  ``load(state)`` restores the experiment's part (model,
+        optimizer, random generators); what does not fit is one clear :class:`~mftrnn.MftrnnError` that says which
+        file to delete."""
+        if not self.ckpt.exists():
+            return None
+        ckpt, restart, commits = self.ckpt, self.restart, self.git is not None
+
+        def damaged(reason: str) -> MftrnnError:
+            return MftrnnError(f"checkpoint {ckpt} is damaged ({reason}); {restart}")
+
+        keys = RUN_CHECKPOINT_KEYS + (("commits",) if commits else ()) + tuple(required)
+        st = load_checkpoint(ckpt, required=keys, restart=restart)
+        if st.get("config") != self.config_dict:
+            raise MftrnnError(f"checkpoint {ckpt} belongs to another configuration; delete it or choose another "
+                              f"output (--out)")
+        check_position(st, self.config.steps, self.config.eval_every, damaged, commits=commits)
+        if commits and self.require_clean and any(c.get("commit") != self.git["commit"] for c in st["commits"]):
+            raise MftrnnError(f"--require-clean: checkpoint {ckpt} was made at commit(s) "
+                              f"{sorted({str(c.get('commit'))[:12] for c in st['commits']})}, this checkout is at "
+                              f"{str(self.git['commit'])[:12]}; {restart}")
+        try:
+            load(st)
+            self.step, self.curve, self.elapsed = int(st["step"]), list(st["curve"]), float(st["elapsed_s"])
+            self.run_sum, self.run_n = float(st["run_sum"]), int(st["run_n"])
+            self.sessions, self.started = int(st["sessions"]), st["started"]
+            self.commits = list(st["commits"]) if commits else []
+            cpu = st.get("cpu_time_s")
+            self.cpu_before = None if cpu is None else float(cpu)
+        except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as exc:
+            raise damaged(f"it does not fit the model: {one_line(exc)[:200]}") from None
+        self.log(f"{self.out.name}: resuming at step {self.step}/{self.config.steps} from {ckpt}")
+        return st
+
+    def start(self, states: Callable[[], dict]) -> None:
+        """Start this session: count it, record its commit, start the clocks.  ``states()`` returns the
+        experiment's part of a checkpoint (model, optimizer, random generators, ...), read at every save."""
+        self._states = states
+        self.started = self.started or utc_now()  # a resumed run keeps the start of its first session
+        self.sessions += 1
+        if self.git is not None:
+            self.commits.append({"session": self.sessions, "commit": self.git["commit"], "dirty": self.git["dirty"],
+                                 "started": utc_now()})
+        self._t0 = self._last = time.perf_counter()
+        self._c0 = time.process_time()
+
+    # ------------------------------------------------------------------ clocks
+    def wall(self) -> float:
+        """Seconds of wall time of the run: previous sessions (to their last checkpoint) and this one so far."""
+        return self.elapsed + (time.perf_counter() - self._t0)
+
+    def cpu_time(self) -> float | None:
+        """Seconds of process CPU time of the run, summed like :meth:`wall`; ``None`` if a session's is unknown."""
+        return None if self.cpu_before is None else self.cpu_before + (time.process_time() - self._c0)
+
+    # ------------------------------------------------------------------ during training
+    def add_loss(self, loss: float) -> None:
+        """Count one step's training loss towards the mean reported at the next evaluation."""
+        self.run_sum += loss
+        self.run_n += 1
+
+    def train_loss(self) -> float:
+        """The mean training loss since the last evaluation; starts the next mean."""
+        mean = self.run_sum / self.run_n
+        self.run_sum, self.run_n = 0.0, 0
+        return mean
+
+    def snapshot(self) -> dict:
+        """The checkpoint's content now: the run's keys and the experiment's ``states()``."""
+        cpu = self.cpu_time()
+        return {"config": self.config_dict, "step": self.step, **self._states(), "curve": self.curve,
+                "elapsed_s": self.wall(), "cpu_time_s": cpu, "run_sum": self.run_sum, "run_n": self.run_n,
+                "sessions": self.sessions, "started": self.started,
+                **({"commits": self.commits} if self.git is not None else {})}
+
+    def save(self) -> None:
+        """Write a checkpoint (atomically, verified on reading) and restart the cadence's clock."""
+        self._save(self.ckpt, self.snapshot())
+        self._last = time.perf_counter()
+
+    def maybe_checkpoint(self, every: CheckpointEvery) -> bool:
+        """Save if the run is not over and a checkpoint is due by ``every`` (steps or seconds since the last one);
+        return whether it saved."""
+        if self.step < self.config.steps and every.due(self.step, time.perf_counter() - self._last):
+            self.save()
+            return True
+        return False
+
+    def interrupt(self, stop_after: int | None) -> dict | None:
+        """Once ``stop_after`` steps are done: save, and return ``{"status": "interrupted", ...}`` (no result is
+        written); else ``None``."""
+        if stop_after is None or self.step < stop_after:
+            return None
+        self.save()
+        self.log(f"{self.out.name}: stopped at step {self.step} (stop_after); checkpoint {self.ckpt}")
+        return {"status": "interrupted", "step": self.step, "curve": self.curve, "checkpoint": str(self.ckpt)}
+
+    # ------------------------------------------------------------------ the end
+    def provenance(self, base: dict, **extra) -> dict:
+        """``base`` (:func:`provenance`, or an experiment's own record) with the sessions' record: ``started``,
+        ``finished``, ``wall_time_s``, ``cpu_time_s`` (``None`` when unknown), ``sessions`` and, when commits are
+        recorded, ``git_dirty`` (of any session) and ``session_commits``; then ``extra``."""
+        prov = dict(base)
+        if self.git is not None:
+            prov["git_dirty"] = any(bool(c["dirty"]) for c in self.commits)
+        cpu = self.cpu_time()
+        prov.update(started=self.started, finished=utc_now(), wall_time_s=round(self.wall(), 3),
+                    cpu_time_s=None if cpu is None else round(cpu, 3), sessions=self.sessions)
+        if self.git is not None:
+            prov["session_commits"] = self.commits
+        prov.update(extra)
+        return prov
+
+    def finish(self, result: dict) -> dict:
+        """Write the result atomically, delete the checkpoint, return the result."""
+        write_json_atomic(self.out, result)
+        self.ckpt.unlink(missing_ok=True)
+        return result
+
+    def diverge(self, result: dict, message: str):
+        """Write ``result`` (status ``"diverged"``), delete the checkpoint and raise
+        :class:`~mftrnn.ConvergenceError` (a rerun raises it again: :meth:`existing_result`)."""
+        self.finish(result)
+        raise ConvergenceError(f"{self.config.label()}: training diverged at step {self.step}: {message}; result "
+                               f"written to {self.out} with status 'diverged'; lower the learning rate (--lr) or "
+                               f"the clipping norm (--clip) and start a new run (another --out, or --force)")

@@ -37,7 +37,7 @@ the same device and thread count; a finished result of the same configuration is
 gradient, or a loss above ``divergence_factor`` times the larger of the initial test loss and :math:`\ln`
 (classes), records ``"status": "diverged"`` and raises :class:`~mftrnn.ConvergenceError`.  The JSON result carries
 the provenance (command, git commit and dirty flag at every session, device, versions, threads, UTC dates, wall
-time); ``require_clean=True`` (``--require-clean``) refuses to run from a checkout with uncommitted changes to
+and CPU time); ``require_clean=True`` (``--require-clean``) refuses to run from a checkout with uncommitted changes to
 tracked files, for results meant to be committed.  ``device="cuda"`` runs the same code on a GPU (batches are drawn
 on the CPU from the same generators and moved).
 
@@ -76,8 +76,6 @@ import dataclasses
 import inspect
 import math
 import os
-import shlex
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,8 +88,8 @@ from torch.nn import functional as F
 
 from ..errors import ConvergenceError, DataError, DomainError, MftrnnError, UnknownCellError
 from .harness import (default_checkpoint_path, jsonable as _jsonable, load_result_files, one_line as _one_line,
-                      CheckpointEvery, RunLock, check_output, git_state, load_checkpoint, parse_checkpoint_every,
-                      provenance, resolve_device, save_checkpoint, utc_now, write_json_atomic)
+                      CheckpointEvery, TrainingRun, git_state, parse_checkpoint_every, provenance, refuse_unclean,
+                      resolve_device, run_files)
 from .memory_tasks import MAX_ELEMENTS, PADS, CopyMemoryTask, PaddedDigits
 
 __all__ = ["CELLS", "TASKS", "OPTIMIZERS", "DATASETS", "InitScheme", "INIT_SCHEMES", "register_init_scheme",
@@ -477,8 +475,9 @@ def load_results(paths) -> list[dict]:
     return load_result_files(paths, (RESULT_FORMAT,), f"a long-sequence result (format {RESULT_FORMAT!r})")
 
 
-_CHECKPOINT_KEYS = ("config", "step", "model", "optimizer", "batch_rng", "torch_rng", "curve", "elapsed_s",
-                    "run_sum", "run_n", "sessions", "started", "init", "commits")
+_CHECKPOINT_KEYS = ("model", "optimizer", "batch_rng", "torch_rng", "init")
+"""The experiment's checkpoint keys, beside :data:`~mftrnn.experiments.harness.RUN_CHECKPOINT_KEYS` and
+``"commits"``."""
 
 
 def _optimizer(config: LongSeqConfig, params) -> torch.optim.Optimizer:
@@ -508,13 +507,7 @@ def train(config: LongSeqConfig, out: str | os.PathLike, *, data=None, data_dir=
       ``data_dir`` / the data root; ``download`` fetches missing MNIST files).
     """
     config = config.validated()
-    log = log or (lambda s: None)
-    out = Path(out)
-    if out.suffix != ".json":
-        raise DomainError(f"result file {str(out)!r} must end in .json (--out)")
-    check_output(out, "result file", "--out")
-    ckpt = Path(checkpoint) if checkpoint is not None else default_checkpoint_path(out)
-    check_output(ckpt, "checkpoint", "checkpoint file")
+    out, ckpt = run_files(out, checkpoint)
     every = parse_checkpoint_every(checkpoint_every)
     divergence_factor = _positive("divergence_factor", divergence_factor)
     if stop_after is not None:
@@ -524,35 +517,17 @@ def train(config: LongSeqConfig, out: str | os.PathLike, *, data=None, data_dir=
         raise MftrnnError(why)
     device = resolve_device(config.device)
     git = git_state()
-    if require_clean and (git["commit"] is None or git["dirty"]):
-        where = "not a git checkout" if git["commit"] is None else \
-            f"the checkout at {git['commit'][:12]} has uncommitted changes to tracked files"
-        raise MftrnnError(f"--require-clean: {where}; commit them first (results to be committed come from a "
-                          f"clean commit)")
-    with RunLock([out, ckpt], output=out, command=command):
-        return _train(config, out, ckpt, data, data_dir, download, every, stop_after, force, require_clean, git,
-                      command, log, divergence_factor, device)
+    refuse_unclean(git, require_clean)
+    run = TrainingRun(config, out, ckpt, git=git, require_clean=require_clean, command=command, log=log)
+    with run.lock():
+        return _train(run, config, data, data_dir, download, every, stop_after, force, divergence_factor, device)
 
 
-def _train(config, out, ckpt, data, data_dir, download, every: CheckpointEvery, stop_after, force, require_clean,
-           git, command, log, divergence_factor, device) -> dict:
-    if out.exists() and not force:
-        try:
-            existing = load_results([out])[0]
-        except DataError as exc:
-            raise DataError(f"{_one_line(exc)}; pass --force (force=True) to replace it, or choose another --out") \
-                from None
-        if existing.get("config") == config.to_dict():
-            if existing.get("status") == "diverged":
-                d = existing.get("diverged") or {}
-                raise ConvergenceError(f"{config.label()}: training diverged at step {d.get('step')}: "
-                                       f"{d.get('message', 'see the file')} [recorded in {out}; nothing redone; "
-                                       f"--force (force=True) runs it again]")
-            log(f"{out}: already done ({existing.get('status')}), not rerun")
-            return existing
-        raise MftrnnError(f"{out} holds a run with a different configuration; choose another output (--out) or pass "
-                          f"--force (force=True) to replace it")
-
+def _train(run: TrainingRun, config: LongSeqConfig, data, data_dir, download, every: CheckpointEvery, stop_after,
+           force, divergence_factor, device) -> dict:
+    existing = run.existing_result(load_results, force)
+    if existing is not None:
+        return existing
     task = make_task(config, data, data_dir, download, device)
     torch.manual_seed(config.seed)  # PyTorch's default initialisation of the RNN and the readout draws from it
     model = LongSeqModel(config.cell, task.n_inputs, config.hidden, task.n_classes, task.per_step)
@@ -562,57 +537,23 @@ def _train(config, out, ckpt, data, data_dir, download, every: CheckpointEvery, 
     opt = _optimizer(config, params)
     batch_gen = torch.Generator().manual_seed(config.seed + 1_000_003)
 
-    step, curve, elapsed, run_sum, run_n, sessions, started = 0, [], 0.0, 0.0, 0, 0, utc_now()
-    commits: list = []
-    if ckpt.exists():
-        restart = f"delete {ckpt} to restart the run from step 0"
+    def load(st: dict) -> None:
+        model.load_state_dict(st["model"])
+        opt.load_state_dict(st["optimizer"])
+        batch_gen.set_state(st["batch_rng"])
+        torch.set_rng_state(st["torch_rng"])
 
-        def damaged(reason: str) -> MftrnnError:
-            return MftrnnError(f"checkpoint {ckpt} is damaged ({reason}); {restart}")
-
-        st = load_checkpoint(ckpt, required=_CHECKPOINT_KEYS, restart=restart)
-        if st.get("config") != config.to_dict():
-            raise MftrnnError(f"checkpoint {ckpt} belongs to another configuration; delete it or choose another "
-                              f"output")
-        _check_position(st, config, damaged)
-        if require_clean and any(c.get("commit") != git["commit"] for c in st["commits"]):
-            raise MftrnnError(f"--require-clean: checkpoint {ckpt} was made at commit(s) "
-                              f"{sorted({str(c.get('commit'))[:12] for c in st['commits']})}, this checkout is at "
-                              f"{git['commit'][:12]}; {restart}")
-        try:
-            model.load_state_dict(st["model"])
-            opt.load_state_dict(st["optimizer"])
-            batch_gen.set_state(st["batch_rng"])
-            torch.set_rng_state(st["torch_rng"])
-            step, curve, elapsed = int(st["step"]), list(st["curve"]), float(st["elapsed_s"])
-            run_sum, run_n, sessions, started = float(st["run_sum"]), int(st["run_n"]), int(st["sessions"]), \
-                st["started"]
-            init, commits = st["init"], list(st["commits"])
-        except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as exc:
-            raise damaged(f"it does not fit the model: {_one_line(exc)[:200]}") from None
-        log(f"{out.name}: resuming at step {step}/{config.steps} from {ckpt}")
-    sessions += 1
-    commits.append({"session": sessions, "commit": git["commit"], "dirty": git["dirty"], "started": utc_now()})
-    t0 = time.perf_counter()
-    last_ckpt = t0
-
-    def wall() -> float:
-        return elapsed + (time.perf_counter() - t0)
-
-    def snapshot() -> dict:
-        return {"config": config.to_dict(), "step": step, "model": model.state_dict(),
-                "optimizer": opt.state_dict(), "batch_rng": batch_gen.get_state(), "torch_rng": torch.get_rng_state(),
-                "curve": curve, "elapsed_s": wall(), "run_sum": run_sum, "run_n": run_n, "sessions": sessions,
-                "started": started, "init": init, "commits": commits}
+    st = run.resume(_CHECKPOINT_KEYS, load)
+    if st is not None:
+        init = st["init"]
+    run.start(lambda: {"model": model.state_dict(), "optimizer": opt.state_dict(), "batch_rng": batch_gen.get_state(),
+                       "torch_rng": torch.get_rng_state(), "init": init})
+    name, curve = run.out.name, run.curve
 
     def result(status: str, diverged: dict | None = None) -> dict:
         best = min(curve, key=lambda p: p["test_loss"]) if curve else None
-        cmd = command if command is not None else shlex.join([Path(sys.argv[0]).name] + sys.argv[1:])
-        prov = provenance(device, cmd)
-        prov.update(git_dirty=any(bool(c["dirty"]) for c in commits) if commits else prov["git_dirty"],
-                    started=started, finished=utc_now(), wall_time_s=round(wall(), 3), sessions=sessions,
-                    session_commits=commits, data=getattr(task, "sources", {}))
-        return {"format": RESULT_FORMAT, "name": out.stem, "label": config.label(), "status": status,
+        prov = run.provenance(provenance(device, run.command), data=getattr(task, "sources", {}))
+        return {"format": RESULT_FORMAT, "name": run.out.stem, "label": config.label(), "status": status,
                 "config": config.to_dict(), "task": task.describe(), "init": _jsonable(init),
                 "model": {"module": type(model.rnn).__name__, "hidden": config.hidden, "layers": 1,
                           "readout": "every step" if task.per_step else "last step",
@@ -621,30 +562,25 @@ def _train(config, out, ckpt, data, data_dir, download, every: CheckpointEvery, 
                 "provenance": prov}
 
     def diverge(message: str):
-        write_json_atomic(out, result("diverged", {"step": step, "message": message}))
-        ckpt.unlink(missing_ok=True)
-        raise ConvergenceError(f"{config.label()}: training diverged at step {step}: {message}; result written to "
-                               f"{out} with status 'diverged'; lower the learning rate (--lr) or the clipping norm "
-                               f"(--clip) and start a new run (another --out, or --force)")
+        run.diverge(result("diverged", {"step": run.step, "message": message}), message)
 
     def point(metrics: dict, train_loss) -> dict:
-        return {"step": step, "train_loss": train_loss, **metrics, "wall_s": round(wall(), 3)}
+        return {"step": run.step, "train_loss": train_loss, **metrics, "wall_s": round(run.wall(), 3)}
 
-    if step == 0 and not curve:
+    if run.step == 0 and not curve:
         m = evaluate(model, task)
         curve.append(point(m, None))
-        log(f"{out.name}: step 0 {_fmt_metrics(m)}")
+        run.log(f"{name}: step 0 {_fmt_metrics(m)}")
     initial = curve[0]["test_loss"]
     if not math.isfinite(initial):
         diverge(f"the initial test loss is {initial}")
     max_loss = divergence_factor * max(math.log(task.n_classes), initial)
     bound = f"{divergence_factor:g} x max(ln {task.n_classes}, initial test loss {initial:.4g}) = {max_loss:.4g}"
     model.train()
-    while step < config.steps:
-        if stop_after is not None and step >= stop_after:
-            save_checkpoint(ckpt, snapshot())
-            log(f"{out.name}: stopped at step {step} (stop_after); checkpoint {ckpt}")
-            return {"status": "interrupted", "step": step, "curve": curve, "checkpoint": str(ckpt)}
+    while run.step < config.steps:
+        stopped = run.interrupt(stop_after)
+        if stopped is not None:
+            return stopped
         x, y = task.train_batch(config.batch_size, batch_gen)
         loss = _loss(model(x), y)
         opt.zero_grad(set_to_none=True)
@@ -658,29 +594,20 @@ def _train(config, out, ckpt, data, data_dir, download, every: CheckpointEvery, 
         if not math.isfinite(gnorm):
             diverge(f"gradient norm is {gnorm} (loss {lv:.4g})")
         opt.step()
-        step += 1
-        run_sum += lv
-        run_n += 1
-        if step % config.eval_every == 0 or step == config.steps:
+        run.step += 1
+        run.add_loss(lv)
+        if run.step % config.eval_every == 0 or run.step == config.steps:
             m = evaluate(model, task)
             if not math.isfinite(m["test_loss"]):
                 diverge(f"test loss is {m['test_loss']}")
             if m["test_loss"] > max_loss:
                 diverge(f"test loss {m['test_loss']:.4g} > {bound}")
-            curve.append(point(m, run_sum / run_n))
-            run_sum, run_n = 0.0, 0
-            log(f"{out.name}: step {step}/{config.steps} train loss {curve[-1]['train_loss']:.4f} "
-                f"{_fmt_metrics(m)} ({wall():.0f} s)")
-        if step < config.steps:
-            due = (step % every.steps == 0) if every.steps is not None else \
-                (time.perf_counter() - last_ckpt >= every.seconds)
-            if due:
-                save_checkpoint(ckpt, snapshot())
-                last_ckpt = time.perf_counter()
-    res = result("finished")
-    write_json_atomic(out, res)
-    ckpt.unlink(missing_ok=True)
-    log(f"{out.name}: finished, {_fmt_metrics(res['final'])} in {res['provenance']['wall_time_s']:.0f} s")
+            curve.append(point(m, run.train_loss()))
+            run.log(f"{name}: step {run.step}/{config.steps} train loss {curve[-1]['train_loss']:.4f} "
+                    f"{_fmt_metrics(m)} ({run.wall():.0f} s)")
+        run.maybe_checkpoint(every)
+    res = run.finish(result("finished"))
+    run.log(f"{name}: finished, {_fmt_metrics(res['final'])} in {res['provenance']['wall_time_s']:.0f} s")
     return res
 
 
@@ -691,20 +618,6 @@ def _fmt_metrics(m: dict) -> str:
     if "test_accuracy" in m:
         parts.append(f"acc {m['test_accuracy']:.4f}")
     return " ".join(parts)
-
-
-def _check_position(st: dict, config: LongSeqConfig, damaged: Callable[[str], MftrnnError]) -> None:
-    """Refuse a checkpoint whose step lies outside the run or whose curve does not match its step."""
-    step, curve = st["step"], st["curve"]
-    if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step < config.steps:
-        raise damaged(f"step {step!r} lies outside this run of {config.steps} steps")
-    expected = 1 + step // config.eval_every
-    if (not isinstance(curve, list) or len(curve) != expected or not all(isinstance(p, dict) for p in curve)
-            or curve[-1].get("step") != (step // config.eval_every) * config.eval_every):
-        raise damaged(f"at step {step} the curve must hold {expected} evaluation(s), it holds "
-                      f"{len(curve) if isinstance(curve, list) else '?'}")
-    if not isinstance(st.get("commits"), list) or not all(isinstance(c, dict) for c in st["commits"]):
-        raise damaged("malformed session record")
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -33,8 +33,8 @@ run's seed, the test loss and accuracy every ``eval_every`` steps (the curve). R
 :mod:`mftrnn.experiments.harness`'s: the result and its checkpoint are locked, checkpoints are atomic and
 checksummed and resumed bit for bit on the same device and thread count, a finished result of the same
 configuration is not redone, the JSON result carries the provenance (command, git commit and dirty flag of every
-session, device, versions, threads, UTC dates, wall time); ``require_clean`` refuses a checkout with uncommitted
-changes. ``device="cuda"`` runs the model on a GPU (batches are drawn on the CPU and moved).
+session, device, versions, threads, UTC dates, wall and CPU time); ``require_clean`` refuses a checkout with
+uncommitted changes. ``device="cuda"`` runs the model on a GPU (batches are drawn on the CPU and moved).
 
 Command line (one file per run, ``seizure-<cell>-<init>-T<T>-s<seed>.json`` in ``--out``)::
 
@@ -68,11 +68,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..cells.registry import cells, get_cell
-from ..errors import ConvergenceError, DataError, DomainError, MftrnnError
+from ..errors import ConvergenceError, DomainError, MftrnnError
 from ..nets.conv import ConvGatedRNN, critical_conv_init_, default_conv_init_
-from .harness import (RunLock, check_output, default_checkpoint_path, git_state, jsonable, load_checkpoint,
-                      load_result_files, one_line, parse_checkpoint_every, provenance, resolve_device,
-                      save_checkpoint, utc_now, write_json_atomic)
+from .harness import (TrainingRun, git_state, jsonable, load_result_files, one_line, parse_checkpoint_every,
+                      provenance, refuse_unclean, resolve_device, run_files)
 
 __all__ = ["TEST_SEED", "INITS", "RESULT_FORMAT", "SeizureConfig", "seizure_data", "SeizureTask", "SeizureDetector",
            "initialise_", "train", "run", "evaluate", "load_results", "step_seconds", "main"]
@@ -282,8 +281,9 @@ def load_results(paths) -> list[dict]:
     return load_result_files(paths, (RESULT_FORMAT,), f"a seizure-task result (format {RESULT_FORMAT!r})")
 
 
-_CHECKPOINT_KEYS = ("config", "step", "model", "optimizer", "batch_rng", "curve", "elapsed_s", "run_sum", "run_n",
-                    "sessions", "started", "init", "commits")
+_CHECKPOINT_KEYS = ("model", "optimizer", "batch_rng", "init")
+"""The experiment's checkpoint keys, beside :data:`~mftrnn.experiments.harness.RUN_CHECKPOINT_KEYS` and
+``"commits"``."""
 
 
 def train(config: SeizureConfig, out, *, checkpoint=None, checkpoint_every="60s", stop_after: int | None = None,
@@ -296,102 +296,55 @@ def train(config: SeizureConfig, out, *, checkpoint=None, checkpoint_every="60s"
     same configuration is returned as it is (another configuration: an error unless ``force``). A checkpoint of the
     same configuration is verified and resumed; it is deleted when the run ends. ``checkpoint_every``: a wall time
     (``"60s"``) or ``"100steps"``. ``stop_after``: stop with a checkpoint after this many steps (returns
-    ``{"status": "interrupted", ...}``). ``require_clean``: refuse uncommitted changes to tracked files."""
+    ``{"status": "interrupted", ...}``). ``require_clean``: refuse uncommitted changes to tracked files. The
+    bookkeeping is :class:`~mftrnn.experiments.harness.TrainingRun`'s."""
     config = config.validated()
-    log = log or (lambda s: None)
-    out = Path(out)
-    if out.suffix != ".json":
-        raise DomainError(f"result file {str(out)!r} must end in .json (--out)")
-    check_output(out, "result file", "--out")
-    ckpt = Path(checkpoint) if checkpoint is not None else default_checkpoint_path(out)
-    check_output(ckpt, "checkpoint", "checkpoint file")
+    out, ckpt = run_files(out, checkpoint)
     every = parse_checkpoint_every(checkpoint_every)
     if stop_after is not None:
         _int("stop_after", stop_after, 0)
     device = resolve_device(config.device)
     git = git_state()
-    if require_clean and (git["commit"] is None or git["dirty"]):
-        where = "not a git checkout" if git["commit"] is None else \
-            f"the checkout at {git['commit'][:12]} has uncommitted changes to tracked files"
-        raise MftrnnError(f"--require-clean: {where}; commit them first")
-    with RunLock([out, ckpt], output=out, command=command):
-        return _train(config, out, ckpt, every, stop_after, force, require_clean, git, command, log, device)
+    refuse_unclean(git, require_clean)
+    run = TrainingRun(config, out, ckpt, git=git, require_clean=require_clean, command=command, log=log)
+    with run.lock():
+        return _train(run, config, every, stop_after, force, device)
 
 
-def _existing(out: Path, config: SeizureConfig, force: bool, log) -> dict | None:
-    if not out.exists() or force:
-        return None
-    try:
-        existing = load_results([out])[0]
-    except DataError as exc:
-        raise DataError(f"{one_line(exc)}; pass --force (force=True) to replace it, or choose another --out") \
-            from None
-    if existing.get("config") != config.to_dict():
-        raise MftrnnError(f"{out} holds a run with a different configuration; choose another --out or pass "
-                          f"--force (force=True)")
-    log(f"{out}: already done, not rerun")
-    return existing
-
-
-def _train(config, out, ckpt, every, stop_after, force, require_clean, git, command, log, device) -> dict:
-    existing = _existing(out, config, force, log)
+def _train(run: TrainingRun, config: SeizureConfig, every, stop_after, force, device) -> dict:
+    existing = run.existing_result(load_results, force)
     if existing is not None:
         return existing
     task = SeizureTask(config, device)
     torch.manual_seed(config.seed)  # PyTorch's default initialisation of the read-out draws from it
     model = SeizureDetector(config.cell, config.channels, config.kernel_size)
-    resuming = ckpt.exists()  # the checkpoint holds the weights and the initialisation's record
-    init = None if resuming else initialise_(model, config.init, config.T, torch.Generator().manual_seed(config.seed))
+    # a checkpoint holds the weights and the initialisation's record: the (costly) initialisation is skipped
+    init = None if run.resuming else initialise_(model, config.init, config.T,
+                                                 torch.Generator().manual_seed(config.seed))
     model.to(device)
     params = list(model.parameters())
     opt = torch.optim.Adam(params, lr=config.lr)
     batch_gen = torch.Generator().manual_seed(config.seed + 1_000_003)
-    step, curve, elapsed, run_sum, run_n, sessions, started, commits = 0, [], 0.0, 0.0, 0, 0, utc_now(), []
-    if resuming:
-        restart = f"delete {ckpt} to restart the run from step 0"
-        st = load_checkpoint(ckpt, required=_CHECKPOINT_KEYS, restart=restart)
-        if st["config"] != config.to_dict():
-            raise MftrnnError(f"checkpoint {ckpt} belongs to another configuration; delete it or choose another "
-                              f"--out")
-        if not (isinstance(st["step"], int) and 0 <= st["step"] < config.steps
-                and len(st["curve"]) == 1 + st["step"] // config.eval_every):
-            raise MftrnnError(f"checkpoint {ckpt} is damaged (step {st['step']!r} and its curve do not match this "
-                              f"run); {restart}")
-        if require_clean and any(c.get("commit") != git["commit"] for c in st["commits"]):
-            raise MftrnnError(f"--require-clean: checkpoint {ckpt} was made at another commit; {restart}")
-        try:
-            model.load_state_dict(st["model"])
-            opt.load_state_dict(st["optimizer"])
-            batch_gen.set_state(st["batch_rng"])
-        except (RuntimeError, ValueError, KeyError, TypeError) as exc:
-            raise MftrnnError(f"checkpoint {ckpt} is damaged (it does not fit the model: {one_line(exc)[:200]}); "
-                              f"{restart}") from None
-        step, curve, elapsed = st["step"], list(st["curve"]), float(st["elapsed_s"])
-        run_sum, run_n, sessions, started = float(st["run_sum"]), int(st["run_n"]), int(st["sessions"]), st["started"]
-        init, commits = st["init"], list(st["commits"])
-        log(f"{out.name}: resuming at step {step}/{config.steps} from {ckpt}")
-    sessions += 1
-    commits.append({"session": sessions, "commit": git["commit"], "dirty": git["dirty"], "started": utc_now()})
-    t0 = time.perf_counter()
-    last = t0
 
-    def wall() -> float:
-        return elapsed + (time.perf_counter() - t0)
+    def load(st: dict) -> None:
+        model.load_state_dict(st["model"])
+        opt.load_state_dict(st["optimizer"])
+        batch_gen.set_state(st["batch_rng"])
 
-    def snapshot() -> dict:
-        return {"config": config.to_dict(), "step": step, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                "batch_rng": batch_gen.get_state(), "curve": curve, "elapsed_s": wall(), "run_sum": run_sum,
-                "run_n": run_n, "sessions": sessions, "started": started, "init": init, "commits": commits}
-
-    if step == 0 and not curve:
-        curve.append({"step": 0, "train_loss": None, **evaluate(model, task), "wall_s": round(wall(), 3)})
-        log(f"{out.name}: step 0 test loss {curve[0]['test_loss']:.4f} acc {curve[0]['test_accuracy']:.3f}")
+    st = run.resume(_CHECKPOINT_KEYS, load)
+    if st is not None:
+        init = st["init"]
+    run.start(lambda: {"model": model.state_dict(), "optimizer": opt.state_dict(),
+                       "batch_rng": batch_gen.get_state(), "init": init})
+    name, curve = run.out.name, run.curve
+    if run.step == 0 and not curve:
+        curve.append({"step": 0, "train_loss": None, **evaluate(model, task), "wall_s": round(run.wall(), 3)})
+        run.log(f"{name}: step 0 test loss {curve[0]['test_loss']:.4f} acc {curve[0]['test_accuracy']:.3f}")
     model.train()
-    while step < config.steps:
-        if stop_after is not None and step >= stop_after:
-            save_checkpoint(ckpt, snapshot())
-            log(f"{out.name}: stopped at step {step} (stop_after); checkpoint {ckpt}")
-            return {"status": "interrupted", "step": step, "curve": curve, "checkpoint": str(ckpt)}
+    while run.step < config.steps:
+        stopped = run.interrupt(stop_after)
+        if stopped is not None:
+            return stopped
         x, y = task.train_batch(config.batch_size, batch_gen)
         loss = F.binary_cross_entropy_with_logits(model(x), y)
         opt.zero_grad(set_to_none=True)
@@ -399,40 +352,28 @@ def _train(config, out, ckpt, every, stop_after, force, require_clean, git, comm
         gnorm = float(nn.utils.clip_grad_norm_(params, config.clip))
         lv = float(loss.detach())
         if not (math.isfinite(lv) and math.isfinite(gnorm)):
-            ckpt.unlink(missing_ok=True)
+            run.ckpt.unlink(missing_ok=True)
             raise ConvergenceError(f"{config.label()}: loss {lv} or gradient norm {gnorm} is not finite at step "
-                                   f"{step}; lower --lr")
+                                   f"{run.step}; lower --lr")
         opt.step()
-        step += 1
-        run_sum, run_n = run_sum + lv, run_n + 1
-        if step % config.eval_every == 0 or step == config.steps:
-            curve.append({"step": step, "train_loss": run_sum / run_n, **evaluate(model, task),
-                          "wall_s": round(wall(), 3)})
-            run_sum, run_n = 0.0, 0
-            log(f"{out.name}: step {step}/{config.steps} train loss {curve[-1]['train_loss']:.4f} test loss "
-                f"{curve[-1]['test_loss']:.4f} acc {curve[-1]['test_accuracy']:.3f} ({wall():.0f} s)")
-        if step < config.steps:
-            if every.steps is not None:
-                due = step % every.steps == 0
-            else:
-                due = time.perf_counter() - last >= every.seconds
-            if due:
-                save_checkpoint(ckpt, snapshot())
-                last = time.perf_counter()
-    cmd = command if command is not None else shlex.join([Path(sys.argv[0]).name] + sys.argv[1:])
-    prov = provenance(device, cmd)
-    prov.update(git_dirty=any(bool(c["dirty"]) for c in commits), started=started, finished=utc_now(),
-                wall_time_s=round(wall(), 3), sessions=sessions, session_commits=commits)
-    res = {"format": RESULT_FORMAT, "name": out.stem, "label": config.label(), "status": "finished",
+        run.step += 1
+        run.add_loss(lv)
+        if run.step % config.eval_every == 0 or run.step == config.steps:
+            curve.append({"step": run.step, "train_loss": run.train_loss(), **evaluate(model, task),
+                          "wall_s": round(run.wall(), 3)})
+            run.log(f"{name}: step {run.step}/{config.steps} train loss {curve[-1]['train_loss']:.4f} test loss "
+                    f"{curve[-1]['test_loss']:.4f} acc {curve[-1]['test_accuracy']:.3f} ({run.wall():.0f} s)")
+        run.maybe_checkpoint(every)
+    prov = run.provenance(provenance(device, run.command))
+    res = {"format": RESULT_FORMAT, "name": run.out.stem, "label": config.label(), "status": "finished",
            "config": config.to_dict(), "task": task.describe(), "init": init,
            "model": {"module": "ConvGatedRNN", "cell": config.cell, "channels": config.channels,
                      "kernel_size": config.kernel_size, "padding": "circular", "readout": "last step, mean over "
                      "electrodes", "parameters": sum(p.numel() for p in params)},
            "final": curve[-1], "best": max(curve, key=lambda p: p["test_accuracy"]), "curve": curve,
            "provenance": prov}
-    write_json_atomic(out, jsonable(res))
-    ckpt.unlink(missing_ok=True)
-    log(f"{out.name}: finished, test accuracy {res['final']['test_accuracy']:.3f} in {prov['wall_time_s']:.0f} s")
+    res = run.finish(jsonable(res))
+    run.log(f"{name}: finished, test accuracy {res['final']['test_accuracy']:.3f} in {prov['wall_time_s']:.0f} s")
     return res
 
 

@@ -56,10 +56,10 @@ the same configuration is not redone; a non-finite loss or gradient, or a loss a
 times the larger of :math:`\ln 10` and the initial test loss, stops the run with :class:`~mftrnn.ConvergenceError`
 (the result file then says ``"status": "diverged"``, and running it again repeats that error, as in
 :mod:`mftrnn.experiments.lm`).  Each result is one JSON file with its provenance (command,
-git commit and dirty flag, device, torch version, UTC dates, wall time), the configuration, the hyperparameters the
-initialiser chose, the mean-field :math:`q^*, \chi, \xi` and the curve.  :func:`run_sweep` runs a preset's whole
-set of configurations (``mftrnn digits --sweep cpu --out-dir book/results/digits``); :func:`plot_curves` draws the
-accuracy curves from the result files.
+git commit and dirty flag, device, torch version, UTC dates, wall and CPU time), the configuration, the
+hyperparameters the initialiser chose, the mean-field :math:`q^*, \chi, \xi` and the curve.  :func:`run_sweep`
+runs a preset's whole set of configurations (``mftrnn digits --sweep cpu --out-dir book/results/digits``);
+:func:`plot_curves` draws the accuracy curves from the result files.
 """
 
 from __future__ import annotations
@@ -69,10 +69,7 @@ import gzip
 import math
 import os
 import platform
-import shlex
 import struct
-import sys
-import time
 import urllib.error
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,8 +81,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from .harness import (default_checkpoint_path, jsonable as _jsonable, load_result_files, one_line as _one_line,
-                      CheckpointEvery, RunLock, check_output, checkpoint_cadence, device_name, git_state,
-                      load_checkpoint, resolve_device, save_checkpoint, utc_now, write_json_atomic)
+                      CheckpointEvery, TrainingRun, checkpoint_cadence, device_name, git_state, resolve_device,
+                      run_files, save_checkpoint)
 from . import data as _data
 from ..errors import ConvergenceError, DataError, DomainError, MftrnnError, UnknownCellError
 from ..nets.init import RNN_OFF_CRITICAL_FACTORS, mean_field_init, pytorch_rnn_default_hyperparameters
@@ -726,8 +723,8 @@ DIVERGENCE_FACTOR = 3.0
 the initial test loss means the run diverged (as ``divergence_factor`` :math:`\\times \\ln V` in
 :mod:`mftrnn.experiments.lm`).  The committed runs stay below 2.5 nats, far under the bound (6.9 nats)."""
 
-_CHECKPOINT_KEYS = ("config", "step", "model", "optimizer", "batch_rng", "torch_rng", "curve", "elapsed_s", "run_sum",
-                    "run_n", "sessions", "started", "hyperparameters")
+_CHECKPOINT_KEYS = ("model", "optimizer", "batch_rng", "torch_rng", "hyperparameters")
+"""The experiment's checkpoint keys, beside :data:`~mftrnn.experiments.harness.RUN_CHECKPOINT_KEYS`."""
 
 
 def train(config: DigitsConfig, out: str | os.PathLike, *, data: DigitsData | None = None,
@@ -752,8 +749,9 @@ def train(config: DigitsConfig, out: str | os.PathLike, *, data: DigitsData | No
       time, a bare number being seconds; ``"500steps"``); neither given: every 60 s.  A present checkpoint of the
       same configuration is verified (:func:`mftrnn.experiments.harness.load_checkpoint`: checksum, keys, a
       position inside the run) and resumed (bit-for-bit the same curve on the same device and thread count); it
-      is deleted when the run ends.  The recorded wall time sums the sessions up to their last checkpoint (work
-      lost to an interruption is not counted); ``provenance["sessions"]`` says how many processes the run took.
+      is deleted when the run ends.  The recorded wall time and process CPU time (``cpu_time_s``; ``None`` when a
+      session's is unknown) sum the sessions up to their last checkpoint (work lost to an interruption is not
+      counted); ``provenance["sessions"]`` says how many processes the run took.
     * ``stop_after``: stop (with a checkpoint) once this many steps are done -- for time-sliced runs and tests;
       the returned dict then has ``"status": "interrupted"`` and no result file is written.
     * A non-finite loss or gradient norm, or a training or test loss above ``divergence_factor`` times the larger
@@ -762,43 +760,25 @@ def train(config: DigitsConfig, out: str | os.PathLike, *, data: DigitsData | No
     ``data`` (a :class:`DigitsData`) replaces loading ``config.dataset``; ``log`` receives progress lines.
     """
     config = config.validated()
-    log = log or (lambda s: None)
-    out = Path(out)
-    if out.suffix != ".json":
-        raise DomainError(f"result file {str(out)!r} must end in .json (--out)")
-    check_output(out, "result file", "--out")
-    ckpt = Path(checkpoint) if checkpoint is not None else default_checkpoint_path(out)
-    check_output(ckpt, "checkpoint", "checkpoint file")
+    out, ckpt = run_files(out, checkpoint)
     cadence = checkpoint_cadence(checkpoint_every, checkpoint_every_s, default=CheckpointEvery(seconds=60.0))
     divergence_factor = _check_positive("divergence_factor", divergence_factor)
     device = resolve_device(config.device)
     if stop_after is not None:
         stop_after = _check_int("stop_after", stop_after, 0)
-    with RunLock([out, ckpt], output=out, command=command):
-        return _train(config, out, ckpt, data, data_dir, download, cadence, stop_after, force, command,
-                      log, divergence_factor, device)
+    # the sessions' commits are not recorded (git=None): the result records the checkout at the end;
+    # save_checkpoint by this module's name, so that a test can stand in for it
+    run = TrainingRun(config, out, ckpt, command=command, log=log, save=save_checkpoint)
+    with run.lock():
+        return _train(run, config, data, data_dir, download, cadence, stop_after, force, divergence_factor, device)
 
 
-def _train(config, out, ckpt, data, data_dir, download, cadence, stop_after, force, command, log,
+def _train(run: TrainingRun, config: DigitsConfig, data, data_dir, download, cadence, stop_after, force,
            divergence_factor, device) -> dict:
     """The body of :func:`train`, under the output lock."""
-    if out.exists() and not force:
-        try:
-            existing = load_results([out])[0]
-        except DataError as exc:
-            raise DataError(f"{_one_line(exc)}; pass --force (force=True) to replace it, or choose another "
-                            f"--out") from None
-        if existing.get("config") == config.to_dict():
-            if existing.get("status") == "diverged":
-                what = (existing.get("diverged") or {}).get("message", "see the file")
-                raise ConvergenceError(f"{config.label()}: training diverged at step "
-                                       f"{(existing.get('diverged') or {}).get('step')}: {what} [recorded in {out}; "
-                                       f"nothing redone; --force (force=True) runs it again]")
-            log(f"{out}: already done ({existing.get('status')}), not rerun")
-            return existing
-        raise MftrnnError(f"{out} holds a run with a different configuration; choose another output (--out) "
-                          f"or pass --force (force=True) to replace it")
-
+    existing = run.existing_result(load_results, force)
+    if existing is not None:
+        return existing
     if data is None:
         data = load_dataset(config.dataset, data_dir=data_dir, download=download)
     task = SequentialDigits(data, config.T_pad, config.R, config.pixel, config.n_train, device=device)
@@ -812,88 +792,55 @@ def _train(config, out, ckpt, data, data_dir, download, cadence, stop_after, for
     opt = torch.optim.Adam(params, lr=config.lr)
     batch_gen = torch.Generator().manual_seed(config.seed + 1_000_003)
 
-    step, curve, elapsed, run_sum, run_n, sessions = 0, [], 0.0, 0.0, 0, 0
-    started = utc_now()
-    if ckpt.exists():
-        restart = f"delete {ckpt} to restart the run from step 0"
+    def load(st: dict) -> None:
+        model.load_state_dict(st["model"])
+        opt.load_state_dict(st["optimizer"])
+        batch_gen.set_state(st["batch_rng"])
+        torch.set_rng_state(st["torch_rng"])
 
-        def damaged(reason: str) -> MftrnnError:
-            return MftrnnError(f"checkpoint {ckpt} is damaged ({reason}); {restart}")
-
-        st = load_checkpoint(ckpt, required=_CHECKPOINT_KEYS, restart=restart)
-        if st.get("config") != config.to_dict():
-            raise MftrnnError(f"checkpoint {ckpt} belongs to another configuration; delete it or choose "
-                              "another output")
-        _check_position(st, config, damaged)
-        try:
-            model.load_state_dict(st["model"])
-            opt.load_state_dict(st["optimizer"])
-            batch_gen.set_state(st["batch_rng"])
-            torch.set_rng_state(st["torch_rng"])
-            step, curve, elapsed = int(st["step"]), list(st["curve"]), float(st["elapsed_s"])
-            run_sum, run_n, sessions, started = (float(st["run_sum"]), int(st["run_n"]), int(st["sessions"]),
-                                                 st["started"])
-        except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as exc:
-            raise damaged(f"it does not fit the model: {_one_line(exc)[:200]}") from None
+    st = run.resume(_CHECKPOINT_KEYS, load)
+    if st is not None:
         hp = st["hyperparameters"]
-        log(f"{out.name}: resuming at step {step}/{config.steps} from {ckpt}")
-    sessions += 1
     th = theory(config.cell, hp)
-    t0 = time.perf_counter()
-    last_ckpt = t0
-
-    def wall() -> float:
-        return elapsed + (time.perf_counter() - t0)
-
-    def snapshot() -> dict:
-        return {"config": config.to_dict(), "step": step, "model": model.state_dict(),
-                "optimizer": opt.state_dict(), "batch_rng": batch_gen.get_state(),
-                "torch_rng": torch.get_rng_state(), "curve": curve, "elapsed_s": wall(), "run_sum": run_sum,
-                "run_n": run_n, "sessions": sessions, "started": started, "hyperparameters": hp}
+    run.start(lambda: {"model": model.state_dict(), "optimizer": opt.state_dict(), "batch_rng": batch_gen.get_state(),
+                       "torch_rng": torch.get_rng_state(), "hyperparameters": hp})
+    name, curve = run.out.name, run.curve
 
     def result(status: str, diverged: dict | None = None) -> dict:
-        final = curve[-1] if curve else None
+        base = {"command": run.command, **git_state(), "device": device_name(device), "torch": torch.__version__,
+                "python": platform.python_version(), "threads": torch.get_num_threads()}
         return {
-            "format": RESULT_FORMAT, "name": out.stem, "label": config.label(), "status": status,
+            "format": RESULT_FORMAT, "name": run.out.stem, "label": config.label(), "status": status,
             "config": config.to_dict(), "hyperparameters": _jsonable(hp), "theory": th,
             "task": {"dataset": data.name, "rows": task.rows, "cols": task.cols, "image_steps": task.image_steps,
                      "n_features": task.n_features, "T": task.T, "n_train": task.n_train,
                      "n_test": config.n_test, "input_scale": task.scale,
                      "normalisation": "x = s (p - m): per-pixel training mean m, one global s with mean x^2 = R"},
-            "final": final, "diverged": diverged, "curve": curve,
-            "provenance": {
-                "command": command if command is not None else shlex.join([Path(sys.argv[0]).name] + sys.argv[1:]),
-                **git_state(), "device": device_name(device), "torch": torch.__version__,
-                "python": platform.python_version(), "threads": torch.get_num_threads(),
-                "started": started, "finished": utc_now(), "wall_time_s": round(wall(), 3),
-                "sessions": sessions, "data": data.sources,
-            },
+            "final": curve[-1] if curve else None, "diverged": diverged, "curve": curve,
+            "provenance": run.provenance(base, data=data.sources),
         }
 
     def diverge(message: str):
-        res = result("diverged", {"step": step, "message": message})
-        write_json_atomic(out, res)
-        ckpt.unlink(missing_ok=True)
-        raise ConvergenceError(f"{config.label()}: training diverged at step {step}: {message}; "
-                               f"result written to {out} with status 'diverged'; lower the learning rate (--lr) "
-                               f"or the clipping norm (--clip) and start a new run (another --out, or --force)")
+        run.diverge(result("diverged", {"step": run.step, "message": message}), message)
 
-    if step == 0 and not curve:
+    def point(acc: float, tl: float, train_loss) -> dict:
+        return {"step": run.step, "test_accuracy": acc, "test_loss": tl, "train_loss": train_loss,
+                "wall_s": round(run.wall(), 3)}
+
+    if run.step == 0 and not curve:
         acc, tl = evaluate(model, task, test_idx)
-        curve.append({"step": 0, "test_accuracy": acc, "test_loss": tl, "train_loss": None,
-                      "wall_s": round(wall(), 3)})
-        log(f"{out.name}: step 0 test acc {acc:.4f} loss {tl:.4f}")
+        curve.append(point(acc, tl, None))
+        run.log(f"{name}: step 0 test acc {acc:.4f} loss {tl:.4f}")
     initial = curve[0]["test_loss"]
     if not math.isfinite(initial):
         diverge(f"the initial test loss is {initial}")
     max_loss = divergence_factor * max(math.log(N_CLASSES), initial)
     bound = f"{divergence_factor:g} x max(ln {N_CLASSES}, initial test loss {initial:.4g}) = {max_loss:.4g}"
     model.train()
-    while step < config.steps:
-        if stop_after is not None and step >= stop_after:
-            save_checkpoint(ckpt, snapshot())
-            log(f"{out.name}: stopped at step {step} (stop_after); checkpoint {ckpt}")
-            return {"status": "interrupted", "step": step, "curve": curve, "checkpoint": str(ckpt)}
+    while run.step < config.steps:
+        stopped = run.interrupt(stop_after)
+        if stopped is not None:
+            return stopped
         idx = torch.randint(task.n_train, (config.batch_size,), generator=batch_gen)
         x, y = task.batch(idx)
         loss = _loss(model(x), y)
@@ -908,41 +855,22 @@ def _train(config, out, ckpt, data, data_dir, download, cadence, stop_after, for
         if not math.isfinite(gnorm):
             diverge(f"gradient norm is {gnorm} (loss {lv:.4g})")
         opt.step()
-        step += 1
-        run_sum += lv
-        run_n += 1
-        if step % config.eval_every == 0 or step == config.steps:
+        run.step += 1
+        run.add_loss(lv)
+        if run.step % config.eval_every == 0 or run.step == config.steps:
             acc, tl = evaluate(model, task, test_idx)
             if not math.isfinite(tl):
                 diverge(f"test loss is {tl}")
             if tl > max_loss:
                 diverge(f"test loss {tl:.4g} > {bound}")
-            curve.append({"step": step, "test_accuracy": acc, "test_loss": tl, "train_loss": run_sum / run_n,
-                          "wall_s": round(wall(), 3)})
-            run_sum, run_n = 0.0, 0
-            log(f"{out.name}: step {step}/{config.steps} train loss {curve[-1]['train_loss']:.4f} "
-                f"test acc {acc:.4f} loss {tl:.4f} ({wall():.0f} s)")
-        if step < config.steps and cadence.due(step, time.perf_counter() - last_ckpt):
-            save_checkpoint(ckpt, snapshot())
-            last_ckpt = time.perf_counter()
-    res = result("finished")
-    write_json_atomic(out, res)
-    ckpt.unlink(missing_ok=True)
-    log(f"{out.name}: finished, final test accuracy {res['final']['test_accuracy']:.4f} "
-        f"in {res['provenance']['wall_time_s']:.0f} s")
+            curve.append(point(acc, tl, run.train_loss()))
+            run.log(f"{name}: step {run.step}/{config.steps} train loss {curve[-1]['train_loss']:.4f} "
+                    f"test acc {acc:.4f} loss {tl:.4f} ({run.wall():.0f} s)")
+        run.maybe_checkpoint(cadence)
+    res = run.finish(result("finished"))
+    run.log(f"{name}: finished, final test accuracy {res['final']['test_accuracy']:.4f} "
+            f"in {res['provenance']['wall_time_s']:.0f} s")
     return res
-
-
-def _check_position(st: dict, config: DigitsConfig, damaged: Callable[[str], MftrnnError]) -> None:
-    """Refuse a checkpoint whose step lies outside the run or whose curve does not match its step."""
-    step, curve = st["step"], st["curve"]
-    if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step < config.steps:
-        raise damaged(f"step {step!r} lies outside this run of {config.steps} steps")
-    expected = 1 + step // config.eval_every
-    if (not isinstance(curve, list) or len(curve) != expected or not all(isinstance(p, dict) for p in curve)
-            or curve[-1].get("step") != (step // config.eval_every) * config.eval_every):
-        raise damaged(f"at step {step} the curve must hold {expected} evaluation(s), it holds "
-                      f"{len(curve) if isinstance(curve, list) else '?'}")
 
 
 def run_sweep(preset: str, out_dir: str | os.PathLike, *, seeds: Iterable[int] | None = None, data_dir=None,
