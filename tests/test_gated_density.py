@@ -270,8 +270,10 @@ def test_gru_product_law_is_the_free_product_of_the_step():
 
 def test_bad_input():
     fp = mf.fixed_point("lstm", sigma_w=0.5)
-    with pytest.raises(MftrnnError, match="gated_step_moments"):
-        gd.gated_step_law(fp, orthogonal=True)
+    # orthogonal W: the one-step law exists (tests/test_gated_density_orthogonal.py); the
+    # T-step free product of a several-field step is not a deformed step and is refused
+    with pytest.raises(MftrnnError, match="not a deformed step"):
+        gd.gated_product_law(fp, 3, orthogonal=True)
     with pytest.raises(MftrnnError, match="not a gated cell"):
         gd.gated_step_law("vanilla")
     with pytest.raises(MftrnnError, match="product of two random matrices"):

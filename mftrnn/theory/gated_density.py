@@ -1,12 +1,13 @@
-r"""Full spectral density of :math:`JJ^\top` for one step of a gated cell (``nn.LSTM``, ``nn.GRU``), Gaussian
-recurrent weights, by the matrix Dyson equation of the Hermitisation.
+r"""Full spectral density of :math:`JJ^\top` for one step of a gated cell (``nn.LSTM``, ``nn.GRU``), Gaussian or
+Haar-orthogonal recurrent weights, by the matrix Dyson equation of the Hermitisation.
 
 **The matrix.** :mod:`mftrnn.theory.gated_jacobian` writes the state-to-state Jacobian (states stacked, :math:`SN`
 rows) as :math:`J = E + \sum_k L_kW_kR_k`: per unit :math:`i` an :math:`S\times S` block :math:`e_i`, a column
 :math:`l_{k,i}` and a row :math:`r_{k,i}` (:math:`S` entries) per field :math:`k`, and independent Gaussian
-:math:`W_k` (entries of variance :math:`s_k/N`, :math:`s_k = \sigma_{w,K}^2` of the field's gate), independent of
-the coefficients (the untied mean field's assumption); the coefficients are i.i.d. over units with their
-mean-field law.
+:math:`W_k` (entries of variance :math:`s_k/N`, :math:`s_k = \sigma_{w,K}^2` of the field's gate), or
+:math:`W_k = \sqrt{s_k}\,O_k` with independent Haar orthogonal :math:`O_k` (``orthogonal=True``, section *Haar
+W* below), independent of the coefficients (the untied mean field's assumption); the coefficients are i.i.d. over
+units with their mean-field law.
 
 **Hermitisation.** :math:`H = \begin{pmatrix}0&J\\J^\top&0\end{pmatrix}` has eigenvalues :math:`\pm\sigma_j`
 (the singular values of :math:`J`), and its resolvent :math:`\mathcal G = (H - s)^{-1}` has the top-left block
@@ -30,9 +31,52 @@ e_i\\ e_i^\top & -s-\Sigma_{22,i}\end{pmatrix}^{-1}` the unit's :math:`2S\times2
 :math:`T_{g,i} = \sum_{k\in g}s_k\,l_{k,i}l_{k,i}^\top` and :math:`\tau_g = \sum_{k\in g}s_k\alpha_k =
 \langle\operatorname{tr}T_g\mathcal G_{11}\rangle`: the :math:`2K` unknowns reduce exactly to two per group,
 :math:`\beta_g` and :math:`\tau_g` (for one state this is the statement that :math:`\sum_k\operatorname{diag}(l_k)W_k`
-is :math:`\operatorname{diag}(b)\,G` in law, :math:`b^2 = \sum_ks_kl_k^2`).
+is :math:`\operatorname{diag}(b)\,G` in law, :math:`b^2 = \sum_ks_kl_k^2`). Not so for Haar :math:`W_k` (below).
 
-**Solution.** :class:`GatedStep` solves these equations for the unknowns :math:`(\beta_g, \tau_g)` at a spectral
+**Haar W.** With amalgamation over the unit-block algebra :math:`\mathcal B = M_{2S}(\mathbb C)\otimes
+\mathcal D_N` (:math:`\mathcal D_N` the diagonal matrices; the conditional expectation keeps each unit's
+:math:`2S\times2S` block), :math:`H = H_0 + \sum_kX_k`, :math:`X_k = P_kH_{W_k}P_k^\top` with :math:`H_{W_k}` the
+Hermitisation of :math:`W_k` and :math:`P_k = \begin{pmatrix}L_k&0\\0&R_k^\top\end{pmatrix}` (entries in
+:math:`\mathcal D_N`). A matrix :math:`O` free from :math:`\mathcal D_N` (a Haar :math:`O`, asymptotically) is free
+from it with amalgamation, with :math:`\mathcal D_N`-valued cumulants equal to its scalar free cumulants times the
+normalised traces of the inserted diagonal elements (Nica-Shlyakhtenko-Speicher); independent :math:`O_k` are free
+with amalgamation over :math:`\mathcal B`, so the self-energies of the fields add, :math:`\Sigma = \sum_k
+P_k\mathcal R_k(P_k^\top\mathcal GP_k)P_k^\top`. A Haar :math:`O` is R-diagonal with alternating cumulants
+:math:`\kappa_{2n} = (-1)^{n-1}C_{n-1}` (Catalan), so the R-transform of :math:`H_{\sqrt sO}` at
+:math:`\operatorname{diag}(c_1, c_2)` is :math:`\operatorname{diag}(s\langle c_2\rangle\varphi,
+s\langle c_1\rangle\varphi)`, :math:`\varphi = \varphi(s\langle c_1\rangle\langle c_2\rangle)`, :math:`\varphi(t)
+= \sum_n\kappa_{2n}t^{n-1}` (the scalar case is :class:`~mftrnn.theory.free.DeformedStep`, ``orthogonal=True``;
+terms :math:`OcO` without a transpose are :math:`O(1/N)`, as :math:`\mathbb E[WMW]` above, so real orthogonal and
+unitary Haar matrices give the same large-:math:`N` law). Hence the self-energy of field :math:`k` is the Gaussian
+one with its scalar factor multiplied by :math:`\varphi_k = \varphi(s_k\alpha_k\beta_k)`,
+
+.. math:: \Sigma_{11,i} = \sum_k s_k\beta_k\varphi_k\,l_{k,i}l_{k,i}^\top,\quad
+          \Sigma_{22,i} = \sum_k s_k\alpha_k\varphi_k\,r_{k,i}r_{k,i}^\top,\quad
+          s_k\alpha_k\beta_k\,\varphi_k^2 + \varphi_k - 1 = 0
+
+(:math:`\varphi\equiv1` for Gaussian :math:`W`), with the root continued from :math:`\varphi_k = 1` far from the
+spectrum. The fields of a group no longer combine (:math:`\sum_k\operatorname{diag}(l_k)O_k` is not
+:math:`\operatorname{diag}(b)\,O` in law: one field alone gives the singular values :math:`|l_{k,i}|` exactly,
+several spread them), so every field is its own group, with the unknowns :math:`\beta'_k = \beta_k\varphi_k` and
+:math:`\tau'_k = s_k\alpha_k\varphi_k` (the amplitudes of its self-energy, :math:`\Sigma_{11} = \sum_k\beta'_kT_k`,
+:math:`T_k = s_kl_kl_k^\top`, :math:`\Sigma_{22} = \sum_k\tau'_kr_kr_k^\top`). The quadratic reads
+:math:`1 - \varphi_k = s_k\alpha_k\beta_k\varphi_k^2 = \beta'_k\tau'_k`, which eliminates :math:`\varphi_k`
+explicitly, with no choice of root left:
+
+.. math:: \beta'_k = \varphi_k\langle r_k^\top\mathcal G_{22}r_k\rangle,\quad
+          \tau'_k = \varphi_k\langle\operatorname{tr}T_k\mathcal G_{11}\rangle,\quad
+          \varphi_k = 1 - \beta'_k\tau'_k,
+
+the Gaussian equations of a one-field group times :math:`\varphi_k`; the second solution of the quadratic is
+another solution of this polynomial system (self-energies of the order of :math:`s` far from the spectrum), which
+continuation from the start :math:`\beta', \tau'\simeq -1/s` and the relative-jump bound never reach. On the
+physical branch :math:`\varphi_k` does wander far from 1 (for the LSTM's output gate at small :math:`x` it reaches
+:math:`|\varphi|\sim10^3` with negative real part: the root crosses the cut of the square root, as in
+:class:`~mftrnn.theory.free.DeformedStep`), while the self-energies stay analytic (subordination,
+Belinschi-Mai-Speicher) with :math:`\operatorname{Im}\beta'_k, \operatorname{Im}\tau'_k\ge0`.
+
+**Solution.** :class:`GatedStep` solves these equations for the unknowns :math:`(\beta_g, \tau_g)` (Haar:
+:math:`(\beta'_k, \tau'_k)`, the Jacobian gaining the derivatives of :math:`\varphi_k`) at a spectral
 parameter :math:`\zeta = s^2` of :math:`JJ^\top` (:math:`s = \sqrt\zeta` in the upper half plane), by Newton's method
 (:func:`mftrnn.theory.free._newton`) with the Jacobian :math:`d\mathcal G = -\mathcal G\,dM\,\mathcal G` of the
 unit blocks, vectorised over points and units (:math:`S\times S` blocks by Schur complements, structural zeros
@@ -43,7 +87,10 @@ the :math:`O(\eta)` imaginary parts by which the nearly real second root just ou
 continuation (:func:`_solve_real`): the largest point straight down in :math:`\operatorname{Im}\zeta` to the ray
 :math:`\zeta = x(1 + 0.05i)`, along the ray from point to point (it keeps a relative distance 0.05 from the real
 axis, where the edges, the branch points of the solution, lie), then every point down to :math:`\zeta = x(1 +
-i\eta)`, :math:`\eta = 10^{-10}`; about 20 evaluations of the equations per point.
+i\eta)`, :math:`\eta = 10^{-10}`; about 20 evaluations of the equations per point. Newton stops after a relative
+step below 1e-7, for Haar :math:`W` below ``_NEWTON_TOL_HAAR`` = 1e-6: deep below the bulk (the LSTM's :math:`h`
+directions at :math:`\sigma_w = 0.2`, :math:`x\sim10^{-9}`) its per-field residual is evaluated to only about 1e-8
+and the steps stall at 1e-7 to 3e-7 (measured); elsewhere convergence is quadratic and the error about 1e-12.
 
 **Density.** With :math:`m(\zeta) = \frac1{SN}\operatorname{tr}(JJ^\top - \zeta)^{-1} = \langle\operatorname{tr}
 \mathcal G_{11}\rangle/(Ss)` (from :math:`\mathcal G_{11} = s(JJ^\top - s^2)^{-1}`), :math:`\rho(\lambda) =
@@ -56,7 +103,16 @@ whole mass outside the support). Equivalently :math:`\rho(\lambda) = \rho_H(\sqr
 **Distribution function.** The matrix Dyson equation has a log-determinant: :math:`\frac1N\log\det(H - s) = \Omega`
 up to a constant, :math:`\Omega = \langle\log\det M_i\rangle + \sum_g\beta_g\tau_g` with :math:`M_i =
 \mathcal G_i^{-1}` (its derivative in :math:`s` is :math:`-\langle\operatorname{tr}\mathcal G_i\rangle` at the
-solution, by the equations themselves). Since :math:`\det(H - s) = (-1)^{SN}\det(JJ^\top - \zeta)` and
+solution, by the equations themselves). For Haar :math:`W` the stationary functional is :math:`\Omega =
+\langle\log\det M_i\rangle - \sum_k\log\varphi_k` (:math:`\partial_{\beta'_k}(-\log(1-\beta'_k\tau'_k)) =
+\tau'_k/\varphi_k`; :math:`\sum\beta\tau` is its Gaussian first order). :math:`\varphi_k` winds around 0 on the
+physical branch, so its principal logarithm jumps; the continuous branch comes from the Hermitisation of the
+field's own matrix: with :math:`u = -1/\tau'_k`, :math:`v = -1/\beta'_k` (upper half plane, as
+:math:`\operatorname{Im}\tau', \operatorname{Im}\beta'\ge0`), :math:`\varphi_k = (uv - 1)/(uv)` and :math:`uv - 1 =
+\lambda_+\lambda_-`, the eigenvalues of :math:`\begin{pmatrix}u&-1\\-1&v\end{pmatrix}` (positive definite imaginary
+part: both in the upper half plane), so :math:`-\log\varphi_k = \log u + \log v - \log\lambda_+ - \log\lambda_-` with
+four principal logarithms of numbers in the upper half plane, each continuous, the sum 0 far from the spectrum.
+Since :math:`\det(H - s) = (-1)^{SN}\det(JJ^\top - \zeta)` and
 :math:`\operatorname{Im}\log(\lambda - x - i0) = -\pi` for :math:`\lambda < x`, the distribution function is
 
 .. math:: F(x) = \rho([0, x]) = -1 - \frac1\pi\operatorname{Im}\Phi(x + i0),\qquad \Phi = \Omega/S,
@@ -70,7 +126,12 @@ and :meth:`GatedSpectralLaw.support` locates the edges from it. Checked in the t
 :math:`F = 1 - (2\theta - \sin2\theta)/\pi`, :math:`\cos\theta = \sqrt{x/4s}`, to 1e-9, and the moments of the
 law from :math:`F`.
 
-Limits checked by the tests: :math:`S = 1`, :math:`e = 0` gives the Marchenko-Pastur law; for one state the
+Limits checked by the tests (``tests/test_gated_density.py``; Haar: ``tests/test_gated_density_orthogonal.py``):
+:math:`S = 1`, :math:`e = 0` gives the Marchenko-Pastur law; Haar, :math:`S = 1`, one field: the law of
+:class:`~mftrnn.theory.free.DeformedStep` with ``orthogonal=True`` (density to 1e-10; measured 2e-12), and for a
+constant :math:`e = a`, :math:`l = r = 1` the arcsine law :math:`F = 1 - \arccos((x - a^2 - s)/(2a\sqrt s))/\pi` of
+:math:`a + \sqrt sO` (to 1e-9); the contour moments equal the free-cumulant formulas with :math:`\kappa = 0` to
+1e-10; for one state the
 equations are those of :class:`~mftrnn.theory.free.DeformedStep` with :math:`a = e`, :math:`b^2 = \sum_ks_kl_k^2`
 (:func:`deformed_step`; same density to 1e-14); the moments from the Cauchy transform on a circle around the
 spectrum (:meth:`GatedSpectralLaw.contour_moments`) are those of the free-cumulant formulas of
@@ -105,17 +166,26 @@ against the continuous law, as the Kolmogorov distance to a law of 8192 units (m
 state by autograd, 2 networks of :math:`N = 500`, 3 times each, tied weights): Kolmogorov distance 0.026 for
 ``nn.LSTM`` at the critical initialisation of :math:`T = 20` (0.014 with the weights redrawn at every step, the
 untied mean field's setting: the rest is the empirical law of the 1000 units' coefficients, which the weakly
-coupled :math:`c` directions follow), 0.007 at :math:`\sigma_w = 1`; ``nn.GRU`` 0.003 and 0.009.
+coupled :math:`c` directions follow), 0.007 at :math:`\sigma_w = 1`; ``nn.GRU`` 0.003 and 0.009. With orthogonal
+recurrent weights (``init_gated_(..., orthogonal=True)``, same protocol) ``nn.GRUCell`` at :math:`\sigma_w = 1`,
+:math:`\mu_{b,z} = 1`: 0.009 to the Haar law, 0.013 to the Gaussian one (the Gaussian network: 0.014 and 0.0085),
+a point where the two laws are close; explicit matrices of the model tell them apart where they differ (tests).
 
 **Cost.** A density on 200 points: about 1-2.5 s for ``nn.LSTM`` (1024 units; one core shared with other work),
 less for ``nn.GRU``; a law's support and distribution table 3-12 s (the comb of the critical LSTM needs the most
 refinement).
 
-**Not covered.** Orthogonal :math:`W` (the per-unit self-energy above is that of Gaussian :math:`W`; the moments of
-:func:`mftrnn.theory.gated_jacobian.gated_step_moments` with ``orthogonal=True`` cover it), cells that
-:func:`~mftrnn.theory.gated_jacobian.jacobian_structure` refuses, and :math:`\sigma_w = 0` (a block-diagonal
-:math:`J`: the law of the unit blocks' singular values, atoms). :func:`gated_product_law` gives :math:`T` steps for
-one state as the free product :math:`S_{\rm step}^T`, an approximation (see there).
+**Not covered.** Cells that :func:`~mftrnn.theory.gated_jacobian.jacobian_structure` refuses, and :math:`\sigma_w
+= 0` (a block-diagonal :math:`J`: the law of the unit blocks' singular values, atoms). :func:`gated_product_law`
+gives :math:`T` steps for one state as the free product :math:`S_{\rm step}^T`, an approximation (see there), for
+Gaussian :math:`W` only: for Haar :math:`W` the step of a cell with several fields is not a
+:class:`~mftrnn.theory.free.DeformedStep`, and it is refused (the :math:`T`-step moments of
+:func:`~mftrnn.theory.gated_jacobian.gated_product_moments` with ``orthogonal=True`` cover it).
+
+**What is exact, what is approximated (Haar).** Exact: the large-:math:`N` law of :math:`J` with the sampled
+coefficients and independent Haar :math:`O_k` (unitary or real orthogonal: they differ in :math:`O(1/N)` terms).
+Approximated, as for Gaussian :math:`W`: the coefficients independent of the matrices and of each other across
+units (the untied mean field; a network reuses one matrix), and the unit law by 1024 quasi-Monte Carlo units.
 """
 from __future__ import annotations
 
@@ -126,7 +196,7 @@ import numpy as np
 
 from ..errors import ConvergenceError, DomainError, MftrnnError
 from . import gated_jacobian as gj
-from .free import DeformedStep, FreeProduct, _newton, _predict
+from .free import _NEWTON_TOL, DeformedStep, FreeProduct, _newton, _predict
 from .spectrum import SpectralLaw, kolmogorov_distance as _kolmogorov_distance
 
 __all__ = ["GatedStep", "GatedSpectralLaw", "coefficient_samples", "gated_step_law", "gated_product_law",
@@ -148,6 +218,11 @@ _SIGN_TOL = 1e-12  # relative rounding allowance of the sign conditions on the p
 _RAY = 0.05  # relative imaginary part of the ray along which the solution is continued from point to point
 _RUN = 16  # points per run of the continuation along the ray (runs go side by side)
 _DESCENT_RATIO = 1e-4  # largest factor by which the imaginary part shrinks in one step of the final descent
+# Haar W_k: Newton's convergence threshold (relative step). Far below the spectrum's bulk (the LSTM's h directions
+# near 0 at small sigma_w) the residual of the per-field system is evaluated to only ~1e-8 relative (measured), so
+# its Newton steps stall at 1e-7..3e-7 relative; a step below 1e-6 leaves an error of about its square where Newton
+# converges quadratically, and the noise level (~1e-7 relative in the unknowns) where it does not
+_NEWTON_TOL_HAAR = 1e-6
 
 
 # --------------------------------------------------------------------------- small matrices with structural zeros
@@ -253,12 +328,16 @@ class GatedStep:
     the exact :math:`m_1, m_2` of these coefficients (the formulas of
     :func:`mftrnn.theory.gated_jacobian.gated_step_moments`); :attr:`bound`: an upper bound of the spectrum,
     :math:`(\max_i\|e_i\| + \sum_k2\sqrt{s_k}\max_i|l_{k,i}|\max_i|r_{k,i}|)^2` (:math:`\|W_k\|\to2\sqrt{s_k}`).
+    ``orthogonal=True``: :math:`W_k = \sqrt{s_k}\,O_k`, independent Haar :math:`O_k` (module docstring, *Haar W*):
+    every field its own group, unknowns :math:`(\beta'_k, \tau'_k)`, moments with :math:`\kappa = 0`, and
+    :math:`\|W_k\| = \sqrt{s_k}` in the bound.
     """
 
     e: np.ndarray
     l: np.ndarray
     r: np.ndarray
     s: np.ndarray
+    orthogonal: bool = False
 
     def __post_init__(self):
         try:
@@ -274,14 +353,17 @@ class GatedStep:
             raise DomainError("GatedStep: coefficients must be finite and the variances s non-negative")
         for name, v in (("e", e), ("l", l), ("r", r), ("s", s)):
             object.__setattr__(self, name, v)
+        orthogonal = bool(self.orthogonal)
+        object.__setattr__(self, "orthogonal", orthogonal)
         S, n = e.shape[0], e.shape[2]
-        # groups of fields with the same row r_k (exactly, unit by unit); fields without a term dropped
+        # groups of fields with the same row r_k (exactly, unit by unit); fields without a term dropped. Haar W_k:
+        # every field is its own group (independent Haar matrices do not combine into one)
         groups = []
         for k in range(l.shape[0]):
             if s[k] == 0 or not np.any(l[k]) or not np.any(r[k]):
                 continue
             for g in groups:
-                if np.array_equal(r[g[0]], r[k]):
+                if not orthogonal and np.array_equal(r[g[0]], r[k]):
                     g.append(k)
                     break
             else:
@@ -291,9 +373,11 @@ class GatedStep:
                               "diagonal and its spectrum is the law of the unit blocks' singular values (atoms), "
                               "not a density")
         Tg = [np.einsum("k,kin,kjn->ijn", s[g], l[g], l[g]) for g in groups]
-        m1, m2 = gj._step_terms(_Given(e, l, r), {}, n, s, 1.0)[:2]
+        m1, m2 = gj._step_terms(_Given(e, l, r), {}, n, s, 0.0 if orthogonal else 1.0)[:2]
         norm_e = np.sqrt(np.max(np.linalg.eigvalsh(np.einsum("jin,jkn->nik", e, e)), initial=0.0))
-        bound = (norm_e + np.sum(2 * np.sqrt(s) * np.max(np.abs(l), axis=(1, 2)) * np.max(np.abs(r), axis=(1, 2))))
+        norm_w = 1.0 if orthogonal else 2.0  # ||W_k|| / sqrt(s_k): 1 for sqrt(s_k) O, 2 at large N for Gaussian
+        bound = (norm_e + np.sum(norm_w * np.sqrt(s) * np.max(np.abs(l), axis=(1, 2))
+                                 * np.max(np.abs(r), axis=(1, 2))))
         for name, v in (("_S", S), ("_n", n), ("groups", tuple(tuple(g) for g in groups)),
                         ("_E", [[_entry(e[i, j]) for j in range(S)] for i in range(S)]),
                         ("_T", [[[_entry(T[i, j]) for j in range(S)] for i in range(S)] for T in Tg]),
@@ -363,15 +447,23 @@ class GatedStep:
         E = np.empty((2 * G, m), complex)
         J = np.empty((m, 2 * G, 2 * G), complex)
         for g in range(G):
-            E[g] = U[g] - av(_dot(G22r[g], self._R[g]))
-            E[G + g] = U[G + g] - av(_tr(G11T[g]))
+            B_g, A_g = av(_dot(G22r[g], self._R[g])), av(_tr(G11T[g]))
+            # Haar: the factor phi_g = 1 - beta_g tau_g of the field's R-transform (module docstring); Gaussian: 1
+            phi = 1.0 - U[g] * U[G + g] if self.orthogonal else 1.0
+            E[g] = U[g] - phi * B_g
+            E[G + g] = U[G + g] - phi * A_g
             for h in range(G):
                 # d<r_g G22 r_g>/d beta_h = <r_g G21 T_h G12 r_g>, .../d tau_h = <(r_g G22 r_h)^2>
-                J[:, g, h] = (g == h) - av(_dot(a[g], _mv(self._T[h], a[g])))
-                J[:, g, G + h] = -av(_sq(_dot(G22r[g], self._R[h])))
+                J[:, g, h] = (g == h) - phi * av(_dot(a[g], _mv(self._T[h], a[g])))
+                J[:, g, G + h] = -phi * av(_sq(_dot(G22r[g], self._R[h])))
                 # d<tr T_g G11>/d beta_h = <tr G11 T_g G11 T_h>, .../d tau_h = <r_h G21 T_g G12 r_h>
-                J[:, G + g, h] = -av(_tr(G11T[g], G11T[h]))
-                J[:, G + g, G + h] = (g == h) - av(_dot(a[h], _mv(self._T[g], a[h])))
+                J[:, G + g, h] = -phi * av(_tr(G11T[g], G11T[h]))
+                J[:, G + g, G + h] = (g == h) - phi * av(_dot(a[h], _mv(self._T[g], a[h])))
+            if self.orthogonal:  # d phi_g / d beta_g = -tau_g, d phi_g / d tau_g = -beta_g
+                J[:, g, g] += U[G + g] * B_g
+                J[:, g, G + g] += U[g] * B_g
+                J[:, G + g, g] += U[G + g] * A_g
+                J[:, G + g, G + g] += U[g] * A_g
         return E, J
 
     def trace(self, U, s) -> np.ndarray:
@@ -406,7 +498,17 @@ class GatedStep:
             for Mb in (A, D):
                 for mu in _eigenvalues(Mb, (k, self._n)):
                     phase += -np.arctan2(np.abs(mu.imag), mu.real)
-            out[sl] = (phase.mean(axis=1) + np.sum(V[:G] * V[G:], axis=0).imag) / S
+            if self.orthogonal:
+                extra = np.zeros(k)
+                with np.errstate(all="ignore"):
+                    for g in range(G):  # Im(-log phi_g) on its continuous branch (module docstring)
+                        u, v = -1.0 / V[G + g], -1.0 / V[g]
+                        lam = _eigenvalues([[u, -1.0], [-1.0, v]], (k,))
+                        extra += sum(np.arctan2(np.abs(w.imag), w.real) for w in (u, v))
+                        extra -= sum(np.arctan2(np.abs(w.imag), w.real) for w in lam)
+            else:
+                extra = np.sum(V[:G] * V[G:], axis=0).imag
+            out[sl] = (phase.mean(axis=1) + extra) / S
         return out
 
     def physical(self, U, s) -> np.ndarray:
@@ -475,9 +577,11 @@ def _avg(x, m):
 # --------------------------------------------------------------------------- continuation
 def _newton_at(step, s, U, max_iter=_STEP_NEWTON):
     """Damped Newton (:func:`mftrnn.theory.free._newton`) for the unknowns ``U`` (2G, m) at ``s`` (m,); returns
-    ``(U, converged)``."""
+    ``(U, converged)``. Converged: an undamped step below ``_NEWTON_TOL_HAAR`` (Haar :math:`W_k`) or the default
+    1e-7 of :func:`~mftrnn.theory.free._newton` (Gaussian) relative to the unknowns (module docstring)."""
+    tol = _NEWTON_TOL_HAAR if step.orthogonal else _NEWTON_TOL
     return _newton(lambda W, a: step.system(W, s[a]), U.copy(), "gated spectral density", upper_guard=False,
-                   max_iter=max_iter, strict=False)
+                   max_iter=max_iter, strict=False, tol=tol)
 
 
 def _accept(step, s, start, V, ok):
@@ -677,11 +781,15 @@ class GatedSpectralLaw(SpectralLaw):
     approximation: str = ""
 
     @classmethod
-    def from_coefficients(cls, e, l, r, s, *, cell: str = "coefficients", params: dict | None = None,
-                          approximation: str = "given coefficients, Gaussian W") -> "GatedSpectralLaw":
+    def from_coefficients(cls, e, l, r, s, *, orthogonal: bool = False, cell: str = "coefficients",
+                          params: dict | None = None, approximation: str | None = None) -> "GatedSpectralLaw":
         r"""The law of :math:`JJ^\top`, :math:`J = E + \sum_kL_kW_kR_k`, for given unit coefficients (as
-        :class:`GatedStep`: ``e`` (S, S, n), ``l`` and ``r`` (K, S, n), ``s`` (K,))."""
-        return cls(cell, 1, False, dict(params or {}), None, step=GatedStep(e, l, r, s), approximation=approximation)
+        :class:`GatedStep`: ``e`` (S, S, n), ``l`` and ``r`` (K, S, n), ``s`` (K,)); :math:`W_k` Gaussian, or
+        :math:`\sqrt{s_k}` times independent Haar orthogonal matrices (``orthogonal=True``)."""
+        if approximation is None:
+            approximation = f"given coefficients, {'Haar orthogonal' if orthogonal else 'Gaussian'} W"
+        return cls(cell, 1, bool(orthogonal), dict(params or {}), None, step=GatedStep(e, l, r, s, orthogonal),
+                   approximation=approximation)
 
     @property
     def m1(self) -> float:
@@ -868,29 +976,24 @@ class GatedSpectralLaw(SpectralLaw):
         return float(min(max((-sq * self.step.trace(U, sq))[0].real, 0.0), 1.0))
 
 
-def _refuse_orthogonal(orthogonal):
-    if orthogonal:
-        raise MftrnnError("the gated spectral density is derived for Gaussian recurrent weights only (its per-unit "
-                          "self-energy is that of a Gaussian W); for orthogonal W use the moments, "
-                          "mftrnn.theory.gated_jacobian.gated_step_moments(..., orthogonal=True)")
-
-
 def gated_step_law(fp_or_cell, *, orthogonal: bool = False, samples: int = _SAMPLES, seed: int = 0,
                    **hyperparameters) -> GatedSpectralLaw:
     r"""Large-:math:`N` law of the eigenvalues of :math:`JJ^\top` for the one-step Jacobian of a gated cell's whole
-    state (the LSTM's :math:`(c, h)`: :math:`2N` values) at its mean-field fixed point, Gaussian recurrent weights.
+    state (the LSTM's :math:`(c, h)`: :math:`2N` values) at its mean-field fixed point, Gaussian recurrent weights
+    or (``orthogonal=True``) :math:`\sigma_{w,K}` times independent Haar orthogonal matrices.
 
     ``fp_or_cell``: a :class:`~mftrnn.FixedPoint` of a gated cell or a cell name with its hyperparameters (as
     :func:`mftrnn.theory.gated_jacobian.gated_step_moments`). ``samples`` Sobol unit samples (a power of 2),
-    scrambled with ``seed``. Matrix Dyson equation of the module docstring (:class:`GatedStep`); exact for the
-    untied mean field up to the quasi-Monte Carlo error of the coefficients. ``orthogonal=True`` is refused (use
-    the moments)."""
-    _refuse_orthogonal(orthogonal)
+    scrambled with ``seed``. Matrix Dyson equation of the module docstring (:class:`GatedStep`; for Haar
+    :math:`W_k` with each field's R-transform factor :math:`\varphi_k`); exact for the untied mean field up to the
+    quasi-Monte Carlo error of the coefficients (and, for Haar :math:`W_k`, in the large-:math:`N` limit where real
+    orthogonal and unitary Haar matrices agree)."""
     c = coefficient_samples(fp_or_cell, samples=samples, seed=seed, **hyperparameters)
     fp = c["fixed_point"]
+    kind = "Haar orthogonal" if orthogonal else "Gaussian"
     return GatedSpectralLaw.from_coefficients(
-        c["e"], c["l"], c["r"], c["s"], cell=fp.cell, params=fp.params,
-        approximation=f"untied mean field, Gaussian W; coefficients: {c['e'].shape[2]} scrambled Sobol units "
+        c["e"], c["l"], c["r"], c["s"], orthogonal=orthogonal, cell=fp.cell, params=fp.params,
+        approximation=f"untied mean field, {kind} W; coefficients: {c['e'].shape[2]} scrambled Sobol units "
                       f"(seed {seed})")
 
 
@@ -917,7 +1020,10 @@ def gated_product_law(fp_or_cell, T, *, orthogonal: bool = False, samples: int =
     (``relative_variance_independent`` of :func:`mftrnn.theory.gated_jacobian.gated_product_moments` is the exact
     untied value). Cells with several states are refused: their :math:`T`-step mean is not :math:`m_1^T` (the
     states mix; :func:`~mftrnn.theory.gated_jacobian.gated_product_moments` has it)."""
-    _refuse_orthogonal(orthogonal)
+    if orthogonal:
+        raise MftrnnError("gated_product_law: for Haar orthogonal W the step of a cell with several fields is not a "
+                          "deformed step (sum_k diag(l_k) O_k is not diag(b) O in law); use gated_step_law(..., "
+                          "orthogonal=True) for T = 1 and gated_product_moments(..., orthogonal=True)")
     T = gj._check_T(T)
     c = coefficient_samples(fp_or_cell, samples=samples, seed=seed, **hyperparameters)
     if len(c["states"]) != 1:
