@@ -57,7 +57,8 @@ __all__ = ["device_name", "git_state", "utc_now", "provenance", "write_json_atom
            "load_checkpoint", "content_digest", "resolve_device", "check_output", "RunLock", "clean_stale_temps",
            "CheckpointEvery", "parse_checkpoint_every", "check_checkpoint_every_s", "checkpoint_cadence",
            "INTEGRITY_KEY", "default_checkpoint_path", "load_result_files", "jsonable", "one_line", "run_files",
-           "refuse_unclean", "recorded_command", "RUN_CHECKPOINT_KEYS", "check_position", "TrainingRun"]
+           "refuse_unclean", "recorded_command", "RUN_CHECKPOINT_KEYS", "check_position", "optimizer_state",
+           "TrainingRun"]
 
 
 def device_name(device) -> str:
@@ -604,6 +605,27 @@ def check_position(st: dict, steps: int, eval_every: int, damaged: Callable[[str
     if cpu is not None and (isinstance(cpu, bool) or not isinstance(cpu, (int, float)) or not math.isfinite(cpu)
                             or cpu < 0):
         raise damaged(f"cpu_time_s {cpu!r} is not a number of seconds >= 0")
+
+
+def optimizer_state(model, optimizer, batch_rng: torch.Generator, *, torch_rng: bool = False):
+    r"""The usual experiment part of a checkpoint, as the pair ``(load, state)`` for :meth:`TrainingRun.resume` and
+    :meth:`TrainingRun.start`: ``state()`` returns ``{"model", "optimizer", "batch_rng"}`` (the state dicts and the
+    batch generator's state; ``torch_rng=True`` adds ``"torch_rng"``, torch's global generator), ``load(st)`` puts
+    them back."""
+    def state() -> dict:
+        out = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "batch_rng": batch_rng.get_state()}
+        if torch_rng:
+            out["torch_rng"] = torch.get_rng_state()
+        return out
+
+    def load(st: dict) -> None:
+        model.load_state_dict(st["model"])
+        optimizer.load_state_dict(st["optimizer"])
+        batch_rng.set_state(st["batch_rng"])
+        if torch_rng:
+            torch.set_rng_state(st["torch_rng"])
+
+    return load, state
 
 
 class TrainingRun:

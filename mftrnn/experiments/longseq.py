@@ -88,8 +88,8 @@ from torch.nn import functional as F
 
 from ..errors import ConvergenceError, DataError, DomainError, MftrnnError, UnknownCellError
 from .harness import (default_checkpoint_path, jsonable as _jsonable, load_result_files, one_line as _one_line,
-                      CheckpointEvery, TrainingRun, git_state, parse_checkpoint_every, provenance, refuse_unclean,
-                      resolve_device, run_files)
+                      CheckpointEvery, TrainingRun, git_state, optimizer_state, parse_checkpoint_every, provenance,
+                      refuse_unclean, resolve_device, run_files)
 from .memory_tasks import MAX_ELEMENTS, PADS, CopyMemoryTask, PaddedDigits
 
 __all__ = ["CELLS", "TASKS", "OPTIMIZERS", "DATASETS", "InitScheme", "INIT_SCHEMES", "register_init_scheme",
@@ -537,17 +537,11 @@ def _train(run: TrainingRun, config: LongSeqConfig, data, data_dir, download, ev
     opt = _optimizer(config, params)
     batch_gen = torch.Generator().manual_seed(config.seed + 1_000_003)
 
-    def load(st: dict) -> None:
-        model.load_state_dict(st["model"])
-        opt.load_state_dict(st["optimizer"])
-        batch_gen.set_state(st["batch_rng"])
-        torch.set_rng_state(st["torch_rng"])
-
+    load, state = optimizer_state(model, opt, batch_gen, torch_rng=True)
     st = run.resume(_CHECKPOINT_KEYS, load)
     if st is not None:
         init = st["init"]
-    run.start(lambda: {"model": model.state_dict(), "optimizer": opt.state_dict(), "batch_rng": batch_gen.get_state(),
-                       "torch_rng": torch.get_rng_state(), "init": init})
+    run.start(lambda: {**state(), "init": init})
     name, curve = run.out.name, run.curve
 
     def result(status: str, diverged: dict | None = None) -> dict:

@@ -70,8 +70,8 @@ from torch.nn import functional as F
 from ..cells.registry import cells, get_cell
 from ..errors import ConvergenceError, DomainError, MftrnnError
 from ..nets.conv import ConvGatedRNN, critical_conv_init_, default_conv_init_
-from .harness import (TrainingRun, git_state, jsonable, load_result_files, one_line, parse_checkpoint_every,
-                      provenance, refuse_unclean, resolve_device, run_files)
+from .harness import (TrainingRun, git_state, jsonable, load_result_files, one_line, optimizer_state,
+                      parse_checkpoint_every, provenance, refuse_unclean, resolve_device, run_files)
 
 __all__ = ["TEST_SEED", "INITS", "RESULT_FORMAT", "SeizureConfig", "seizure_data", "SeizureTask", "SeizureDetector",
            "initialise_", "train", "run", "evaluate", "load_results", "step_seconds", "main"]
@@ -326,16 +326,11 @@ def _train(run: TrainingRun, config: SeizureConfig, every, stop_after, force, de
     opt = torch.optim.Adam(params, lr=config.lr)
     batch_gen = torch.Generator().manual_seed(config.seed + 1_000_003)
 
-    def load(st: dict) -> None:
-        model.load_state_dict(st["model"])
-        opt.load_state_dict(st["optimizer"])
-        batch_gen.set_state(st["batch_rng"])
-
+    load, state = optimizer_state(model, opt, batch_gen)
     st = run.resume(_CHECKPOINT_KEYS, load)
     if st is not None:
         init = st["init"]
-    run.start(lambda: {"model": model.state_dict(), "optimizer": opt.state_dict(),
-                       "batch_rng": batch_gen.get_state(), "init": init})
+    run.start(lambda: {**state(), "init": init})
     name, curve = run.out.name, run.curve
     if run.step == 0 and not curve:
         curve.append({"step": 0, "train_loss": None, **evaluate(model, task), "wall_s": round(run.wall(), 3)})

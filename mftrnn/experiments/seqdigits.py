@@ -81,8 +81,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from .harness import (default_checkpoint_path, jsonable as _jsonable, load_result_files, one_line as _one_line,
-                      CheckpointEvery, TrainingRun, checkpoint_cadence, device_name, git_state, resolve_device,
-                      run_files, save_checkpoint)
+                      CheckpointEvery, TrainingRun, checkpoint_cadence, device_name, git_state, optimizer_state,
+                      resolve_device, run_files, save_checkpoint)
 from . import data as _data
 from ..errors import ConvergenceError, DataError, DomainError, MftrnnError, UnknownCellError
 from ..nets.init import RNN_OFF_CRITICAL_FACTORS, mean_field_init, pytorch_rnn_default_hyperparameters
@@ -792,18 +792,12 @@ def _train(run: TrainingRun, config: DigitsConfig, data, data_dir, download, cad
     opt = torch.optim.Adam(params, lr=config.lr)
     batch_gen = torch.Generator().manual_seed(config.seed + 1_000_003)
 
-    def load(st: dict) -> None:
-        model.load_state_dict(st["model"])
-        opt.load_state_dict(st["optimizer"])
-        batch_gen.set_state(st["batch_rng"])
-        torch.set_rng_state(st["torch_rng"])
-
+    load, state = optimizer_state(model, opt, batch_gen, torch_rng=True)
     st = run.resume(_CHECKPOINT_KEYS, load)
     if st is not None:
         hp = st["hyperparameters"]
     th = theory(config.cell, hp)
-    run.start(lambda: {"model": model.state_dict(), "optimizer": opt.state_dict(), "batch_rng": batch_gen.get_state(),
-                       "torch_rng": torch.get_rng_state(), "hyperparameters": hp})
+    run.start(lambda: {**state(), "hyperparameters": hp})
     name, curve = run.out.name, run.curve
 
     def result(status: str, diverged: dict | None = None) -> dict:
